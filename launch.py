@@ -1,0 +1,37 @@
+"""Runs one experiment from a config file.
+
+  python launch.py --config configs/quickstart.py --workdir runs/quickstart
+  python launch.py --config configs/quickstart.py --workdir runs/q2 --config.loss=jaccard
+
+Flags only: everything an experiment needs is in its config; the work is done by
+`lesion_jax.experiment.run`.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from lesion_jax import experiment
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (`file.py` or `file.py:arg`).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
+flags.DEFINE_bool("overwrite", False,
+                  "Delete the run already in --workdir (checkpoints, results) and start again.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: address of process 0 (host:port).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  experiment.run(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite,
+                 overrides=config_flags.get_override_values(FLAGS["config"]),
+                 config_path=config_flags.get_config_filename(FLAGS["config"]),
+                 coordinator_address=FLAGS.coordinator_address,
+                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
+if __name__ == "__main__":
+  app.run(main)

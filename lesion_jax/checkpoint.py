@@ -1,0 +1,98 @@
+"""Orbax checkpoints of a run: the latest few to resume from, and the best to evaluate and transfer.
+
+Layout under WORKDIR/checkpoints:
+  latest/<step>/  state (params, batch_stats, opt_state, step, rng) + meta (loop state as JSON)
+  best/<step>/    params + batch_stats of the best validation JA so far, + meta
+
+States are saved unreplicated (host numpy), so a checkpoint restores on any number of devices.
+Every process calls save/restore, as orbax requires for multi-host runs; orbax writes replicated
+host arrays from the primary process only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False),
+      item_names=("state", "meta"))
+
+
+def _to_numpy(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+class RunCheckpoints:
+  """The latest-N and best-1 checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    root = os.path.join(workdir, "checkpoints")
+    self.latest = _manager(os.path.join(root, "latest"), keep)
+    self.best = _manager(os.path.join(root, "best"), 1)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.best.latest_step()
+
+  def save_latest(self, step: int, state: dict, meta: dict) -> None:
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_numpy(state)), meta=ocp.args.JsonSave(meta)))
+    self.latest.wait_until_finished()
+
+  def save_best(self, step: int, variables: dict, meta: dict) -> None:
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_numpy(variables)), meta=ocp.args.JsonSave(meta)))
+    self.best.wait_until_finished()
+
+  def restore_latest(self, target: dict, step: int | None = None) -> tuple[dict, dict]:
+    step = self.latest.latest_step() if step is None else step
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_to_numpy(target)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def restore_best(self, target: dict) -> tuple[dict, dict]:
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError("no best checkpoint in this workdir yet")
+    restored = self.best.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_to_numpy(target)), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore_variables(workdir: str, target: dict, step: int | None = None) -> tuple[dict, dict]:
+  """{'params', 'batch_stats'} of a finished or running run: its best checkpoint, or `step`.
+
+  Used for evaluation, export and `init_from` transfer. A step refers to the latest/ checkpoints.
+  """
+  checkpoints = RunCheckpoints(workdir)
+  try:
+    if step is None:
+      if checkpoints.best_step() is None:
+        raise FileNotFoundError(
+            f"{workdir!r} holds no checkpoint (expected {workdir}/checkpoints/best/<step>); "
+            "train a run there first")
+      return checkpoints.restore_best(target)
+    available = checkpoints.latest.all_steps()
+    if step not in available:
+      raise FileNotFoundError(f"{workdir!r} has no checkpoint at step {step}; "
+                              f"available steps: {sorted(available)}")
+    restored = checkpoints.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    return {k: state[k] for k in target}, restored["meta"]
+  finally:
+    checkpoints.close()

@@ -1,0 +1,189 @@
+"""The base experiment config and its validation.
+
+Every file in `configs/` starts from `base_config()` and changes a few fields, so all experiments
+share one schema. The base config is locked: a typo such as `config.modle` fails when the config
+file is loaded, and `--config.a.b=value` overrides of keys that do not exist are refused by
+ml_collections. `validate` then checks the values (registered names, sizes) before anything is
+built or compiled.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+# Config keys whose children are free-form (a mapping the user fills), so the schema check skips them.
+FREE_FORM_KEYS = ("data.manual_dirs", "data.options")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: the paper's training protocol (section 2.2) on the reduced Mobile DeepLab."""
+  config = ml_collections.ConfigDict()
+  # What `launch.py` does with this config: see lesion_jax.experiment.EXPERIMENTS.
+  config.experiment = "train"
+  config.seed = 0
+  # Number of local devices to train on; None uses all of them (pmap over every GPU).
+  config.num_devices = config_dict.placeholder(int)
+
+  # Model: `name` picks a registry entry; the other keys are passed when that model takes them
+  # (so `--config.model.name=unet --config.model.ifc=16` works from any config).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "deeplab_mobilenetv2"
+  config.model.alpha = 0.35
+  config.model.output_stride = 16
+  config.model.ifc = config_dict.placeholder(int)
+  config.model.dtype = "float32"  # compute dtype; parameters stay float32. 'bfloat16' for speed.
+
+  # One of: ce, dice, jaccard, ce_log_jaccard, ce_log_dice (paper, "Model Optimization").
+  config.loss = "dice"
+
+  config.data = ml_collections.ConfigDict()
+  # Training mixture: datasets whose `train` splits are mixed in proportion to their size, and
+  # whose `validation` splits (10% of train/val, paper 2.2) choose checkpoints and the threshold.
+  config.data.train = ("synthetic_lesions/dermoscopic",)
+  # Datasets whose `test` split is reported, each separately (Table 3). Empty: the train datasets.
+  config.data.test = ()
+  config.data.image_size = 512  # the paper resizes to 512x512
+  config.data.flip = True
+  config.data.rotate = True
+  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
+  config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
+  config.data.manual_dirs = ml_collections.ConfigDict()  # {dataset name: archive folder}
+  config.data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
+  # The synthetic builder's settings (count, stored size, seed) for synthetic_lesions/*.
+  config.data.synthetic = ml_collections.ConfigDict(
+      dict(num_images=300, image_size=256, seed=0))
+  config.data.num_threads = 2  # host threads decoding and resizing examples
+
+  config.batch_size_per_device = 4  # the paper's batch size
+
+  config.training = ml_collections.ConfigDict()
+  config.training.num_epochs = 100
+  config.training.patience = 10  # early stopping: evaluations without a better validation JA
+  config.training.log_every_steps = 20
+  config.training.eval_every_epochs = 1
+  config.training.tensorboard_images = 4  # predictions shown in TensorBoard at each evaluation
+
+  # Adam with cosine annealing and warm restarts (SGDR, Loshchilov & Hutter; paper's [8]).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-3  # peak of the first cycle
+  config.optimizer.min_learning_rate = 1e-6  # end of every cycle
+  config.optimizer.cycle_epochs = 10.0  # length of the first cycle
+  config.optimizer.cycle_mult = 2.0  # each cycle is this much longer than the one before
+  config.optimizer.peak_decay = 0.9  # each restart peaks this much lower than the one before
+  config.optimizer.warmup_steps = 0  # linear warm-up at the start of each cycle
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.keep = 2  # latest checkpoints kept, besides the best one
+  config.checkpoint.every_steps = config_dict.placeholder(int)  # also mid-epoch; None: per eval
+
+  config.report = ml_collections.ConfigDict()
+  config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
+
+  config.lock()
+  return config
+
+
+def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict) and path not in FREE_FORM_KEYS:
+      keys |= _leaf_keys(value, path + ".")
+    else:
+      keys.add(path)
+  return keys
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Refuses keys the base config does not know (a config file that unlocked and added some)."""
+  unknown = sorted(_leaf_keys(config) - _leaf_keys(base_config()))
+  if unknown:
+    raise ValueError(f"Unknown config key(s): {', '.join(unknown)}. Valid keys are those of "
+                     "lesion_jax.config.base_config(); check the spelling.")
+
+
+def dataset_names(names, key: str) -> tuple[str, ...]:
+  """A config value holding dataset names as a tuple (a single string is one name)."""
+  if isinstance(names, str):
+    names = tuple(n for n in names.replace("+", ",").split(",") if n)
+  names = tuple(names)
+  if not all(isinstance(n, str) for n in names):
+    raise ValueError(f"config.{key} must list dataset names, got {names!r}")
+  return names
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every name and size in `config`; raises before anything expensive happens."""
+  # Imported here: the registries import jax and flax, which a config file should not need.
+  from lesion_jax import data, losses, models
+
+  check_known_keys(config)
+  models.MODELS.get(config.model.name, where="config.model.name")
+  losses.LOSSES.get(config.loss, where="config.loss")
+  train = dataset_names(config.data.train, "data.train")
+  if not train:
+    raise ValueError("config.data.train is empty: name at least one dataset, e.g. "
+                     f"{data.dataset_names()}")
+  for name in train + dataset_names(config.data.test, "data.test"):
+    data.DATASETS.get(name, where="config.data.train / config.data.test")
+  for key in ("batch_size_per_device", "training.num_epochs", "training.log_every_steps",
+              "training.eval_every_epochs", "checkpoint.keep"):
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{key} must be a positive integer, got {value!r}")
+  if config.training.patience < 0:
+    raise ValueError(f"config.training.patience must be >= 0, got {config.training.patience}")
+  if config.model.dtype not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"config.model.dtype must be float32, bfloat16 or float16, "
+                     f"got {config.model.dtype!r}")
+  if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
+    raise ValueError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
+                     f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
+  # Building the module is cheap (no parameters yet) and checks the model's own arguments.
+  model = models_from_config(config)
+  models.check_input_size(model, config.data.image_size, config.data.image_size)
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
+  """The config.model entries the named model accepts, and the names of those it ignores."""
+  import inspect
+
+  from lesion_jax import models
+
+  factory = models.MODELS.get(config.model.name, where="config.model.name")
+  accepted = inspect.signature(factory).parameters
+  takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+  kwargs, ignored = {}, []
+  for key, value in config.model.items():
+    if key == "name" or value is None:
+      continue
+    if takes_any or key in accepted:
+      kwargs[key] = value
+    else:
+      ignored.append(key)
+  if "dtype" in kwargs:
+    import jax.numpy as jnp
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return kwargs, ignored
+
+
+def models_from_config(config: ml_collections.ConfigDict, **extra):
+  from lesion_jax import models
+
+  import inspect
+
+  kwargs, _ = model_kwargs(config)
+  accepted = inspect.signature(models.MODELS.get(config.model.name)).parameters
+  kwargs.update({k: v for k, v in extra.items() if k in accepted})
+  return models.create_model(config.model.name, **kwargs)
+
+
+def check_workdir_parent(workdir: str) -> None:
+  parent = os.path.dirname(os.path.abspath(os.path.expanduser(workdir)))
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f"--workdir {workdir!r}: its parent folder {parent!r} does not exist; "
+                            "create it first (the workdir itself is created for you)")

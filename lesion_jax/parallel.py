@@ -1,0 +1,167 @@
+"""Data parallelism: the only module that knows about pmap, axis names and replication.
+
+The paper trained on three V100s; we replicate the train state on every local device, give each
+device its slice of the global batch, average gradients with `pmean` and compute BatchNorm
+statistics over the global batch (the models' BatchNorm layers name the same axis). Step functions
+in `train.py` are written for one device and call `cross_replica_mean` where they need a
+collective; everything here wraps them.
+
+Several hosts join through `jax.distributed` (`initialize_distributed`); each host then feeds its
+own local devices, and pmap's collectives span all hosts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+# The name of the mapped axis in every collective. Models receive it as `bn_axis_name`.
+AXIS_NAME = "batch"
+
+
+def local_devices(num_devices: int | None = None) -> list[jax.Device]:
+  """The first `num_devices` local devices (all of them when None)."""
+  devices = jax.local_devices()
+  if num_devices is None:
+    return devices
+  if not 1 <= num_devices <= len(devices):
+    raise ValueError(f"config.num_devices={num_devices}, but this host has {len(devices)} "
+                     f"local {devices[0].platform} device(s); use a value in 1..{len(devices)} "
+                     "or leave it unset for all")
+  return devices[:num_devices]
+
+
+def cross_replica_mean(tree: Any) -> Any:
+  """Mean over the devices of the current pmap (called inside step functions)."""
+  return jax.lax.pmean(tree, axis_name=AXIS_NAME)
+
+
+def cross_replica_sum(tree: Any) -> Any:
+  return jax.lax.psum(tree, axis_name=AXIS_NAME)
+
+
+def replica_index() -> jax.Array:
+  """This device's position along the mapped axis (inside step functions)."""
+  return jax.lax.axis_index(AXIS_NAME)
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
+  return jax_utils.replicate(tree, devices=devices)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The copy on the first device, fetched to the host (replicas are identical)."""
+  return jax.device_get(jax_utils.unreplicate(tree))
+
+
+def pmap_train_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
+  """pmaps `step(state, batch) -> (state, metrics)`, donating the state to halve its memory."""
+  return jax.pmap(step, axis_name=AXIS_NAME, devices=devices, donate_argnums=(0,))
+
+
+def pmap_eval_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
+  return jax.pmap(step, axis_name=AXIS_NAME, devices=devices)
+
+
+def shard(array: np.ndarray, num_devices: int) -> np.ndarray:
+  """(global_batch, ...) -> (num_devices, global_batch // num_devices, ...)."""
+  if array.shape[0] % num_devices:
+    raise ValueError(f"batch of {array.shape[0]} does not split over {num_devices} devices")
+  return array.reshape((num_devices, array.shape[0] // num_devices) + array.shape[1:])
+
+
+def prefetch_to_devices(batches: Iterable[dict], devices: Sequence[jax.Device],
+                        size: int = 2) -> Iterator[dict]:
+  """Puts the next `size` batches on the devices while the current step runs.
+
+  Each batch leaf is already shaped (len(devices), per_device, ...); leaf i goes to device i.
+  """
+  return jax_utils.prefetch_to_device(iter(batches), size, devices=devices)
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches per-device outputs and merges the device axis into the batch axis."""
+  host = jax.device_get(tree)
+  return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), host)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several hosts.
+
+def _slurm_spans_processes() -> bool:
+  return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ
+
+
+def _mpi_spans_processes() -> bool:
+  return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Joins the processes of a multi-host run; returns whether this run spans several processes.
+
+  Explicit flags win; otherwise SLURM and Open MPI environments are detected, and
+  `jax.distributed.initialize()` reads the rest from them. A single process does nothing.
+  """
+  explicit = any(v is not None for v in (coordinator_address, num_processes, process_id))
+  if explicit:
+    missing = [n for n, v in (("--coordinator_address", coordinator_address),
+                              ("--num_processes", num_processes),
+                              ("--process_id", process_id)) if v is None]
+    if missing:
+      raise ValueError(f"a multi-process run needs all of --coordinator_address, --num_processes "
+                       f"and --process_id; missing {', '.join(missing)}")
+    if num_processes == 1:
+      return False
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif _slurm_spans_processes() or _mpi_spans_processes():
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
+
+
+def process_index() -> int:
+  return jax.process_index()
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_main_process() -> bool:
+  """Only process 0 writes logs, reports and metrics files."""
+  return jax.process_index() == 0
+
+
+def sync_hosts(name: str) -> None:
+  """A barrier across processes (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def assert_replicas_equal(tree: Any) -> None:
+  """Debug check that every device holds the same values (used by tests)."""
+  host = jax.device_get(tree)
+  for leaf in jax.tree.leaves(host):
+    leaf = np.asarray(leaf)
+    if not np.all(leaf == leaf[:1]):
+      raise AssertionError("replicas diverged")
+
+
+__all__ = [
+    "AXIS_NAME", "local_devices", "cross_replica_mean", "cross_replica_sum", "replica_index",
+    "replicate", "unreplicate", "pmap_train_step", "pmap_eval_step", "shard",
+    "prefetch_to_devices", "to_host", "initialize_distributed", "process_index",
+    "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
+]
