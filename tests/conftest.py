@@ -1,0 +1,48 @@
+"""Shared test fixtures: a tiny end-to-end config and a session-wide tfds data dir."""
+import os
+
+import pytest
+
+from lesion_jax.config import base_config
+
+REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One tfds data dir for the whole session, so each tiny dataset is generated once."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+def tiny_config(data_dir: str, **changes):
+  """The quickstart pipeline shrunk to seconds: 40 synthetic images at 32x32, 2 epochs."""
+  config = base_config()
+  config.data.data_dir = data_dir
+  config.data.train = ("synthetic_lesions/dermoscopic",)
+  config.data.synthetic.num_images = 40
+  config.data.synthetic.image_size = 48
+  config.data.image_size = 32
+  config.data.num_threads = 1
+  config.model.alpha = 0.35
+  config.batch_size_per_device = 4
+  config.training.num_epochs = 2
+  config.training.log_every_steps = 2
+  config.training.tensorboard_images = 1
+  config.optimizer.cycle_epochs = 1.0
+  config.report.num_overlays = 1
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def real_data_dir():
+  path = os.environ.get(REAL_DATA_ENV)
+  if not path:
+    pytest.skip(f"{REAL_DATA_ENV} is unset: point it at a folder holding ph2/ and isic2017/ "
+                "(CI sets it to ../shared/data)")
+  return path

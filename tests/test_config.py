@@ -1,0 +1,75 @@
+"""Bad configs fail early, with the key, the value and what is allowed."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lesion_jax import config as config_lib
+from lesion_jax import train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.name", "unet_9000", "Unknown model 'unet_9000'.*deeplab_mobilenetv2"),
+    ("loss", "focal", "Unknown loss 'focal'.*ce_log_dice.*jaccard"),
+    ("data.train", ("isic", "nope_db"), "Unknown dataset 'nope_db'.*ph2"),
+    ("data.image_size", 100, "100"),
+    ("model.output_stride", 12, "output_stride"),
+    ("model.alpha", -1.0, "alpha"),
+    ("batch_size_per_device", 0, "batch_size_per_device"),
+])
+def test_validate_names_the_bad_value(key, value, message, tmp_path):
+  config = tiny_config(str(tmp_path), **{key: value})
+  with pytest.raises((ValueError, KeyError), match=message):
+    config_lib.validate(config)
+  # The same error comes from a run, before the workdir is even created.
+  workdir = tmp_path / "run"
+  with pytest.raises((ValueError, KeyError), match=message):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_locked_config_refuses_a_misspelt_key():
+  config = config_lib.base_config()
+  with pytest.raises(AttributeError, match="modle"):
+    config.modle = 3
+
+
+def test_unlocked_config_with_unknown_key_is_refused():
+  config = config_lib.base_config()
+  config.unlock()
+  config.training.epochs = 5
+  with pytest.raises(ValueError, match="training.epochs"):
+    config_lib.check_known_keys(config)
+
+
+def test_missing_workdir_parent_is_reported(tmp_path):
+  config = tiny_config(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does_not_exist"):
+    train.train_and_evaluate(config, str(tmp_path / "does_not_exist" / "run"))
+
+
+def test_model_options_the_model_does_not_take_are_reported():
+  config = config_lib.base_config()
+  config.model.name = "unet"
+  config.model.ifc = 16
+  kwargs, ignored = config_lib.model_kwargs(config)
+  assert kwargs["ifc"] == 16 and "alpha" in ignored and "output_stride" in ignored
+
+
+def test_launch_reports_a_bad_override_without_a_traceback_from_xla(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config", "configs/quickstart.py",
+       "--workdir", str(tmp_path / "w"), "--config.model.name=no_such_model"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "Unknown model 'no_such_model'" in result.stderr
+  assert "deeplab_mobilenetv2" in result.stderr
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config", "configs/quickstart.py",
+       "--workdir", str(tmp_path / "w"), "--config.trainig.num_epochs=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "trainig" in result.stderr
