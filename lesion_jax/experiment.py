@@ -38,6 +38,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, overwrite: bo
   parallel.initialize_distributed(coordinator_address, num_processes, process_id)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger().setLevel(logging.INFO)
+  # orbax and tfds log every checkpoint and shard at INFO; keep the run's own log readable.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   experiment = EXPERIMENTS.get(config.experiment, where="config.experiment")
   workdir = workdir or default_workdir(config_path)
   if overrides:

@@ -50,7 +50,9 @@ def replica_index() -> jax.Array:
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
-  return jax_utils.replicate(tree, devices=devices)
+  # The mesh axis must carry the pmap axis name, or pmap sees a different input sharding on the
+  # second step (its own output) and compiles the step a second time.
+  return jax_utils.replicate(tree, devices=devices, axis_name=AXIS_NAME)
 
 
 def unreplicate(tree: Any) -> Any:
@@ -80,7 +82,8 @@ def prefetch_to_devices(batches: Iterable[dict], devices: Sequence[jax.Device],
 
   Each batch leaf is already shaped (len(devices), per_device, ...); leaf i goes to device i.
   """
-  return jax_utils.prefetch_to_device(iter(batches), size, devices=devices)
+  return jax_utils.prefetch_to_device(iter(batches), size, devices=devices,
+                                      axis_name=AXIS_NAME)
 
 
 def to_host(tree: Any) -> Any:

@@ -97,8 +97,10 @@ def create_train_state(model, tx, rng: jax.Array, image_size: int) -> TrainState
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": init_rng, "dropout": dropout_rng}, dummy)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+  # A strongly typed step: a weakly typed Python 0 would make the second step recompile.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def _state_dict(state: TrainState) -> dict:
@@ -244,13 +246,22 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
     builders[name] = data_lib.get_builder(
         name, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir,
         manual_dirs=config.data.manual_dirs.to_dict(), options=options)
-  train = [builders[n].as_data_source("train") for n in train_names]
-  validation = [builders[n].as_data_source("validation") for n in train_names]
-  test = {n: builders[n].as_data_source("test") for n in test_names}
+  train = [_split_source(builders[n], n, "train") for n in train_names]
+  validation = [_split_source(builders[n], n, "validation") for n in train_names]
+  test = {n: _split_source(builders[n], n, "test") for n in test_names}
   for name, source in zip(train_names, train):
     logging.info("train: %s, %d images", name, len(source))
   return Datasets(train=train, validation=validation, test=test,
                   train_size=sum(len(s) for s in train))
+
+
+def _split_source(builder, name: str, split: str):
+  """The split's random-access source; an empty list where the database has no such split."""
+  if split not in builder.info.splits:
+    # tfds cannot store an empty split (e.g. `isic` without the ISIC 2017 test archives).
+    logging.warning("%s has no %s split; it counts as empty", name, split)
+    return []
+  return builder.as_data_source(split)
 
 
 class _Concatenated:
@@ -341,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   del state  # the replicated copy is the live one (and is donated at every step)
   step = start_step
   pending_metrics: list[tuple[int, dict]] = []
-  timing = {"start": None, "images": 0, "seconds": loop["train_seconds"]}
+  timing = {"start": None, "images": 0, "paused": 0.0, "seconds": loop["train_seconds"]}
 
   def flush_metrics() -> None:
     """Fetches the step metrics kept on device, stops on a NaN, logs the mean."""
@@ -358,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last_step = pending_metrics[-1][0]
     values = {"loss": float(losses.mean()), "learning_rate": float(schedule(last_step - 1))}
     if timing["start"] is not None:
-      elapsed = time.perf_counter() - timing["start"]
+      elapsed = time.perf_counter() - timing["start"] - timing["paused"]
       if elapsed > 0:
         values["images_per_second"] = timing["images"] / elapsed
     writer.write("train", last_step, values)
@@ -384,12 +395,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           flush_metrics()
         at_eval = step % eval_every == 0 or step == total_steps
         at_save = (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+        if at_eval or at_save:
+          pause_start = time.perf_counter()  # evaluation and saving do not count as training
         if at_eval:
           flush_metrics()
           evaluation = evaluate(p_eval, replicated, validation, preprocess_eval, **eval_kwargs)
           val_ja = evaluation.ja_at(0)  # threshold 0.5 until the search after training
           improved = val_ja > loop["best_val_ja"]
-          stopper = stopper.update(-val_ja)[1]
+          stopper = stopper.update(-val_ja)
+          # Keras semantics: stop once `patience` evaluations in a row brought no improvement
+          # (flax's own flag waits one evaluation longer).
+          stopper = stopper.replace(should_stop=stopper.patience_count >= stopper.patience
+                                    and not stopper.has_improved)
           writer.write("validation", step, {"ja": val_ja, "loss": float(evaluation.loss.mean()),
                                             "best_ja": max(val_ja, loop["best_val_ja"])})
           _log_predictions(writer, p_eval_predict(replicated, devices), validation,
@@ -406,6 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           loop.update(es_best=float(stopper.best_metric), es_count=int(stopper.patience_count),
                       should_stop=bool(stopper.should_stop))
           checkpoints.save_latest(step, _state_dict(parallel.unreplicate(replicated)), loop)
+          timing["paused"] += time.perf_counter() - pause_start
         if at_eval and stopper.should_stop:
           logging.info("Early stopping at step %d: no better validation JA for %d evaluations",
                        step, config.training.patience)
@@ -466,7 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _update_timing(timing: dict, loop: dict) -> None:
   if timing["start"] is None:
     return
-  elapsed = time.perf_counter() - timing["start"]
+  elapsed = time.perf_counter() - timing["start"] - timing["paused"]
   loop["train_seconds"] = timing["seconds"] + elapsed
   if elapsed > 0 and timing["images"]:
     loop["images_per_second"] = timing["images"] / elapsed

@@ -1,0 +1,96 @@
+"""The PH2 and ISIC builders on the real files (LESION_JAX_REAL_DATA, e.g. ../shared/data).
+
+PH2 is rebuilt in its official release layout (BMPs from the real images, the real
+PH2_dataset.xlsx); ISIC reads the real ISIC 2017 training and validation zips in place.
+Both build full datasets, so they are slow.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import fixtures_archives as fx
+from lesion_jax.data.builders import isic, ph2
+
+REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
+REAL_DATA = os.environ.get(REAL_DATA_ENV)
+if not REAL_DATA:
+  pytest.skip(f"{REAL_DATA_ENV} is unset: point it at a folder holding ph2/ and isic2017/ "
+              "(e.g. LESION_JAX_REAL_DATA=../shared/data)", allow_module_level=True)
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
+SPLITS = ("train", "validation", "test")
+
+
+def labels_by_split(builder) -> dict[str, list[str]]:
+  names = builder.info.features["label"].names
+  out = {}
+  for split in SPLITS:
+    if split not in builder.info.splits:
+      out[split] = []
+      continue
+    skip = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+    source = builder.as_data_source(split, decoders=skip)  # labels only: leave pixels encoded
+    out[split] = [names[int(source[i]["label"])] for i in range(len(source))]
+  return out
+
+
+def write_ph2_release(real_ph2: Path, root: Path) -> None:
+  """The official PH2Dataset tree from the real copies: BMP images and BMP {0, 255} masks."""
+  images = root / fx.PH2_IMAGES
+  for jpeg in sorted((real_ph2 / "images").glob("IMD*.jpg")):
+    image_id = jpeg.stem
+    folder = images / image_id
+    (folder / f"{image_id}_Dermoscopic_Image").mkdir(parents=True)
+    (folder / f"{image_id}_lesion").mkdir()
+    Image.open(jpeg).convert("RGB").save(folder / f"{image_id}_Dermoscopic_Image/{image_id}.bmp")
+    Image.open(real_ph2 / "masks" / f"{image_id}_lesion.png").convert("L").save(
+        folder / f"{image_id}_lesion/{image_id}_lesion.bmp")
+  shutil.copy(real_ph2 / "PH2_dataset.xlsx", root / "PH2Dataset" / "PH2_dataset.xlsx")
+
+
+def test_ph2_builds_160_40_with_the_diagnosis_proportions(tmp_path):
+  real_ph2 = Path(REAL_DATA) / "ph2"
+  write_ph2_release(real_ph2, tmp_path / "manual")
+  builder = fx.build(ph2.Ph2, tmp_path / "manual", tmp_path / "data")
+  labels = labels_by_split(builder)
+  assert [len(labels[s]) for s in SPLITS] == [144, 16, 40]
+  totals = Counter(l for s in SPLITS for l in labels[s])
+  assert totals == {"common_nevus": 80, "atypical_nevus": 80, "melanoma": 40}
+  test = Counter(labels["test"])
+  pool = Counter(labels["train"] + labels["validation"])
+  for label, n in totals.items():  # 80/80/40 kept within one image per class.
+    assert abs(test[label] - 0.2 * n) <= 1 and abs(pool[label] - 0.8 * n) <= 1
+  # The stored mask is the real one, binarised.
+  example = next(iter(fx.read_split(builder, "test").values()))
+  image_id = example["image_id"].decode()
+  real_mask = np.asarray(Image.open(real_ph2 / "masks" / f"{image_id}_lesion.png"))
+  np.testing.assert_array_equal(example["mask"][..., 0], (real_mask > 0).astype(np.uint8))
+
+
+def test_isic_builds_from_the_real_2017_training_and_validation_zips(tmp_path):
+  manual = Path(REAL_DATA) / "isic2017"
+  ids = set()
+  for name in ("ISIC-2017_Training_Data.zip", "ISIC-2017_Validation_Data.zip"):
+    with zipfile.ZipFile(manual / name) as z:
+      ids |= {Path(n).stem for n in z.namelist() if n.endswith(".jpg")}
+  with fx.captured_logs() as logs:
+    builder = fx.build(isic.Isic, manual, tmp_path / "data")  # read in place, never copied
+  labels = labels_by_split(builder)
+  pool = len(labels["train"]) + len(labels["validation"])
+  assert pool == len(ids) == 2150  # 2000 training + 150 validation, no shared ids
+  assert labels["test"] == [] and "test" not in builder.info.splits
+  assert abs(len(labels["validation"]) - 0.1 * pool) < 1
+  assert "unknown" not in labels["train"]  # every 2017 image has a Part 3 label
+  log = "\n".join(logs)
+  for missing in ("ISBI2016_ISIC_Part1_Training_Data.zip", "ISIC2018_Task1-2_Training_Input.zip",
+                  "ISIC-2017_Test_v2_Data.zip", "ISIC-2017_Test_v2_Part1_GroundTruth.zip"):
+    assert missing in log
