@@ -18,10 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=False),
       item_names=("state", "meta"))
 
@@ -33,10 +34,14 @@ def _to_numpy(tree: Any) -> Any:
 class RunCheckpoints:
   """The latest-N and best-1 checkpoint managers of one workdir."""
 
-  def __init__(self, workdir: str, keep: int = 2):
+  def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
     root = os.path.join(workdir, "checkpoints")
-    self.latest = _manager(os.path.join(root, "latest"), keep)
-    self.best = _manager(os.path.join(root, "best"), 1)
+    if read_only and not os.path.isdir(os.path.join(root, "best")):
+      raise FileNotFoundError(
+          f"{workdir!r} holds no checkpoints (no {root}/best); is it the workdir of a training "
+          "run that has evaluated at least once?")
+    self.latest = _manager(os.path.join(root, "latest"), keep, read_only)
+    self.best = _manager(os.path.join(root, "best"), 1, read_only)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -78,7 +83,7 @@ def restore_variables(workdir: str, target: dict, step: int | None = None) -> tu
 
   Used for evaluation, export and `init_from` transfer. A step refers to the latest/ checkpoints.
   """
-  checkpoints = RunCheckpoints(workdir)
+  checkpoints = RunCheckpoints(workdir, read_only=True)
   try:
     if step is None:
       if checkpoints.best_step() is None:
@@ -94,5 +99,26 @@ def restore_variables(workdir: str, target: dict, step: int | None = None) -> tu
         state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
     state = restored["state"]
     return {k: state[k] for k in target}, restored["meta"]
+  finally:
+    checkpoints.close()
+
+
+def read_variables(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+  """{'params', 'batch_stats'} as stored, without a target: for `init_from`, where the shapes
+  of the new model may differ and the mismatch must be reported by name."""
+  checkpoints = RunCheckpoints(workdir, read_only=True)
+  try:
+    manager = checkpoints.best if step is None else checkpoints.latest
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      where = "a best checkpoint" if manager is checkpoints.best else f"a checkpoint at step {step}"
+      raise FileNotFoundError(
+          f"{workdir!r} has no {where} (available steps: {sorted(checkpoints.latest.all_steps())})"
+          "; train that run first or fix config.init_from / config.init_step")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
+    state = _to_numpy(restored["state"])
+    return ({"params": state["params"], "batch_stats": state.get("batch_stats") or {}},
+            dict(restored["meta"], step=int(step)))
   finally:
     checkpoints.close()

@@ -74,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.peak_decay = 0.9  # each restart peaks this much lower than the one before
   config.optimizer.warmup_steps = 0  # linear warm-up at the start of each cycle
 
+  # Transfer (paper, Exp 2): start from another run's best checkpoint (or `init_step`).
+  config.init_from = config_dict.placeholder(str)  # workdir of the earlier run
+  config.init_step = config_dict.placeholder(int)
+  config.dont_load = ()  # regexes of variable paths that start fresh, e.g. 'params/.*logits.*'
+  config.frozen = ()  # regexes of parameter paths that are not trained
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # latest checkpoints kept, besides the best one
   config.checkpoint.every_steps = config_dict.placeholder(int)  # also mid-epoch; None: per eval
@@ -143,6 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
     raise ValueError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
+  if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
+    raise FileNotFoundError(f"config.init_from={config.init_from!r}: no such run folder")
   # Building the module is cheap (no parameters yet) and checks the model's own arguments.
   model = models_from_config(config)
   models.check_input_size(model, config.data.image_size, config.data.image_size)

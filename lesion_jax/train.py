@@ -30,7 +30,7 @@ from lesion_jax import data as data_lib
 from lesion_jax import losses as losses_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import models as models_lib
-from lesion_jax import optim, parallel, report
+from lesion_jax import optim, parallel, report, transfer
 from lesion_jax.data import pipeline
 
 # Files a run writes in its workdir; `--overwrite` removes exactly these and nothing else.
@@ -130,23 +130,25 @@ class Evaluation:
 
 def evaluate(p_eval_step: Callable, replicated_state, source, preprocess, *,
              batch_size_per_device: int, num_devices: int, num_threads: int) -> Evaluation:
-  counts, losses, indices = [], [], []
+  counts, losses, indices, valid = [], [], [], []
   for batch in pipeline.evaluation_batches(
       source, preprocess, batch_size_per_device=batch_size_per_device, num_devices=num_devices,
       num_threads=num_threads, process_index=parallel.process_index(),
       process_count=parallel.process_count()):
     out = parallel.to_host(p_eval_step(replicated_state,
                                        {"image": batch["image"], "mask": batch["mask"]}))
-    valid = batch["valid"].reshape(-1) > 0
-    counts.append(out["counts"][valid])
-    losses.append(out["loss"][valid])
-    indices.append(batch["index"].reshape(-1)[valid])
+    counts.append(out["counts"])
+    losses.append(out["loss"])
+    indices.append(batch["index"].reshape(-1))
+    valid.append(batch["valid"].reshape(-1))
+  arrays = [np.concatenate(x) for x in (counts, losses, indices, valid)]
   if parallel.process_count() > 1:
+    # The padding is dropped only after the gather: every process sends arrays of one shape
+    # (as many batches each), while their counts of real images may differ by one.
     from jax.experimental import multihost_utils
-    gathered = [multihost_utils.process_allgather(np.concatenate(x), tiled=True)
-                for x in (counts, losses, indices)]
-    return Evaluation(*gathered)
-  return Evaluation(np.concatenate(counts), np.concatenate(losses), np.concatenate(indices))
+    arrays = [np.asarray(multihost_utils.process_allgather(a, tiled=True)) for a in arrays]
+  *arrays, keep = arrays
+  return Evaluation(*(a[keep > 0] for a in arrays))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,6 +241,10 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
   train_names = config_lib.dataset_names(config.data.train, "data.train")
   test_names = config_lib.dataset_names(config.data.test, "data.test") or train_names
   builders = {}
+  # Processes sharing a data dir must not build the same dataset at once: process 0 prepares
+  # every dataset first, the others then open the finished copy (or build their own).
+  if not parallel.is_main_process():
+    parallel.sync_hosts("datasets-prepared")
   for name in dict.fromkeys(train_names + test_names):
     options = dict(config.data.options.get(name, {})) if name in config.data.options else {}
     if name.startswith("synthetic_lesions/"):
@@ -246,6 +252,8 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
     builders[name] = data_lib.get_builder(
         name, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir,
         manual_dirs=config.data.manual_dirs.to_dict(), options=options)
+  if parallel.is_main_process():
+    parallel.sync_hosts("datasets-prepared")
   train = [_split_source(builders[n], n, "train") for n in train_names]
   validation = [_split_source(builders[n], n, "validation") for n in train_names]
   test = {n: _split_source(builders[n], n, "test") for n in test_names}
@@ -313,16 +321,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config.training.num_epochs * steps_per_epoch
   eval_every = config.training.eval_every_epochs * steps_per_epoch
   schedule = optim.sgdr_schedule(total_steps, steps_per_epoch, config.optimizer)
-  state = create_train_state(model, optim.adam(schedule), jax.random.PRNGKey(config.seed),
-                             config.data.image_size)
+  tx = transfer.freeze(optim.adam(schedule), config.frozen)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size)
+  transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   num_params = models_lib.count_params(model, (1, config.data.image_size,
                                                config.data.image_size, 3))
 
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
   stopper = early_stopping.EarlyStopping(patience=config.training.patience)
   loop = {"best_val_ja": -1.0, "best_step": 0, "es_best": math.inf, "es_count": 0,
+          "init_from": None,
           "should_stop": False, "train_seconds": 0.0, "images_per_second": 0.0}
   start_step = 0
+  init_from = None
+  if config.init_from and checkpoints.latest_step() is None:
+    state, init_from = _init_from_run(state, config)
   if checkpoints.latest_step() is not None:
     restored, loop = checkpoints.restore_latest(_state_dict(state))
     state = _replace_from_dict(state, restored)
@@ -330,6 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     stopper = stopper.replace(best_metric=loop["es_best"], patience_count=loop["es_count"],
                               should_stop=loop["should_stop"])
     logging.info("Resuming %s from step %d", workdir, start_step)
+  elif init_from:
+    loop["init_from"] = init_from
 
   writer = MetricWriter(workdir)
   p_train = parallel.pmap_train_step(functools.partial(train_step, loss_fn=loss_fn), devices)
@@ -462,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      "n_images": int(len(validation_eval.counts))},
       "test": test_results,
       "best_step": int(best_meta["step"]),
+      "init_from": init_from or loop.get("init_from"),
       "training": {"steps": int(step), "seconds": float(loop["train_seconds"]),
                    "images_per_second": float(loop["images_per_second"])},
   }
@@ -479,6 +495,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   parallel.sync_hosts("run-finished")
   return results
+
+
+def _init_from_run(state: TrainState, config: ml_collections.ConfigDict):
+  """The fresh state with the variables of run `config.init_from` (a fresh optimiser)."""
+  loaded, meta = checkpoint_lib.read_variables(config.init_from, config.init_step)
+  fresh = {"params": state.params, "batch_stats": state.batch_stats}
+  transfer.check_patterns_match(fresh, config.dont_load, "dont_load")
+  source = f"{config.init_from} (step {meta['step']})"
+  merged = transfer.merge_variables(fresh, loaded, config.dont_load, source=source)
+  logging.info("Initialised from %s, validation JA %.4f there", source, meta.get("val_ja", -1))
+  state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
+  return state, {"workdir": os.path.abspath(config.init_from), "step": int(meta["step"]),
+                 "val_ja": meta.get("val_ja")}
 
 
 def _update_timing(timing: dict, loop: dict) -> None:
@@ -507,7 +536,8 @@ def p_eval_predict(replicated, devices) -> Callable[[np.ndarray], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _cached_pmap_predict(devices: tuple) -> Callable:
-  return parallel.pmap_eval_step(predict_step, list(devices))
+  # Host-local: only the main process draws predictions (reports, TensorBoard images).
+  return parallel.pmap_local_step(predict_step, list(devices))
 
 
 def _log_predictions(writer: MetricWriter, predict, source, preprocess, step: int,

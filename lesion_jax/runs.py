@@ -1,0 +1,73 @@
+"""A finished (or running) training run read back from its workdir.
+
+Evaluation, export, prediction and `init_from` transfer all start from the same three things: the
+run's config (config.json), its model, and the variables of its best checkpoint (or of a given
+step). `load_run` gives them together and fails with a clear message when the workdir is not a
+run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lesion_jax import checkpoint as checkpoint_lib
+from lesion_jax import config as config_lib
+
+
+@dataclasses.dataclass
+class Run:
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Any  # flax.linen.Module
+  variables: dict  # {'params': ..., 'batch_stats': ...}
+  meta: dict  # checkpoint metadata (step, val_ja)
+  results: dict | None  # results.json, when the run has finished
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  @property
+  def threshold(self) -> float:
+    """The binarisation threshold chosen on validation; 0.5 before the run has finished."""
+    return float(self.results["threshold"]) if self.results else 0.5
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} is not a training run: it has no config.json "
+                            "(train one with launch.py first)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def abstract_variables(model, image_size: int) -> dict:
+  """Zero-filled {'params', 'batch_stats'} of the right shapes, as a restore target."""
+  shapes = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+      jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
+
+
+def load_run(workdir: str, step: int | None = None) -> Run:
+  """The run in `workdir` with its best checkpoint's variables (or those of `step`)."""
+  workdir = os.path.expanduser(workdir)
+  config = read_config(workdir)
+  model = config_lib.models_from_config(config)
+  target = abstract_variables(model, int(config.data.image_size))
+  variables, meta = checkpoint_lib.restore_variables(workdir, target, step=step)
+  results = None
+  results_path = os.path.join(workdir, "results.json")
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+  return Run(workdir=workdir, config=config, model=model, variables=variables, meta=meta,
+             results=results)

@@ -1,0 +1,108 @@
+"""Checkpoint-based transfer: start a run from another run's best weights (paper, Exp 2).
+
+The paper pretrains the reduced Mobile DeepLab on the dermoscopic set D, then fine-tunes it on the
+macroscopic set M. Here the fine-tuning config names the pretraining run's workdir in
+`config.init_from` (and optionally `config.init_step`); training then starts from that run's
+best parameters and BatchNorm statistics, with a fresh optimiser and schedule.
+
+`config.dont_load` lists regular expressions of variable paths (e.g. `params/.*/logits/.*`) that
+start from their fresh initialisation instead; `config.frozen` lists those whose parameters must
+not change (their updates are zeroed through an optax mask). Paths join the nested keys with '/',
+starting with the collection: `params/encoder/Conv1/kernel`, `batch_stats/...`.
+
+Every mismatch is an error that lists the names, never a silent partial load (as big_vision does).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+import optax
+from flax import traverse_util
+
+
+def flatten(variables: Mapping[str, Any]) -> dict[str, Any]:
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(variables)).items()}
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def _matcher(patterns: Iterable[str], key: str):
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as error:
+      raise ValueError(f"config.{key}: {pattern!r} is not a valid regular expression "
+                       f"({error})") from error
+  return lambda path: any(p.fullmatch(path) for p in compiled)
+
+
+def merge_variables(fresh: Mapping[str, Any], loaded: Mapping[str, Any],
+                    dont_load: Iterable[str] = (), source: str = "the checkpoint") -> dict:
+  """`fresh` with every variable taken from `loaded`, except the `dont_load` ones.
+
+  Raises ValueError listing the variables that are missing from `loaded`, that `loaded` has in
+  excess, and those whose shapes differ.
+  """
+  skip = _matcher(dont_load, "dont_load")
+  fresh_flat, loaded_flat = flatten(fresh), flatten(loaded)
+  missing, mismatched, merged = [], [], {}
+  for path, value in fresh_flat.items():
+    if skip(path):
+      merged[path] = value
+    elif path not in loaded_flat:
+      missing.append(path)
+    elif np.shape(loaded_flat[path]) != np.shape(value):
+      mismatched.append(f"{path}: model {np.shape(value)} vs checkpoint "
+                        f"{np.shape(loaded_flat[path])}")
+    else:
+      merged[path] = np.asarray(loaded_flat[path]).astype(np.asarray(value).dtype)
+  unexpected = [p for p in loaded_flat if p not in fresh_flat and not skip(p)]
+  problems = []
+  if missing:
+    problems.append(f"missing from {source}: {', '.join(sorted(missing))}")
+  if unexpected:
+    problems.append(f"in {source} but not in the model: {', '.join(sorted(unexpected))}")
+  if mismatched:
+    problems.append(f"shape mismatch: {'; '.join(sorted(mismatched))}")
+  if problems:
+    raise ValueError("Cannot initialise from " + source + ":\n  " + "\n  ".join(problems) +
+                     "\nAdd patterns to config.dont_load for variables that should start fresh.")
+  return unflatten(merged)
+
+
+def frozen_mask(params: Mapping[str, Any], patterns: Iterable[str]) -> Any:
+  """A pytree of bools over `params`: True where the path 'params/...' matches a pattern."""
+  is_frozen = _matcher(patterns, "frozen")
+  flat = {path: is_frozen("params/" + path) for path in flatten(params)}
+  return unflatten(flat)
+
+
+def freeze(tx: optax.GradientTransformation,
+           patterns: Iterable[str]) -> optax.GradientTransformation:
+  """`tx` whose updates are zero for the parameters matching `patterns`."""
+  patterns = tuple(patterns)
+  if not patterns:
+    return tx
+  _matcher(patterns, "frozen")  # fail early on a bad pattern
+  return optax.chain(tx, optax.masked(optax.set_to_zero(),
+                                      lambda params: frozen_mask(params, patterns)))
+
+
+def check_patterns_match(variables: Mapping[str, Any], patterns: Iterable[str],
+                         key: str) -> None:
+  """A pattern that matches no variable is almost always a typo: say so."""
+  paths = list(flatten(variables))
+  for pattern in patterns:
+    if not any(_matcher([pattern], key)(p) for p in paths):
+      raise ValueError(f"config.{key}: pattern {pattern!r} matches no variable; variable paths "
+                       f"look like {paths[:3]}")
+
+
+def to_host(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -1,0 +1,144 @@
+"""End-to-end runs of the training spine on tiny synthetic data (marked slow: they compile)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lesion_jax import metrics as metrics_lib
+from lesion_jax import train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run") / "quick")
+  results = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir, results
+
+
+def test_run_writes_every_output(finished_run):
+  workdir, results = finished_run
+  for name in ("config.json", "metrics.jsonl", "results.json", "results.md",
+               "threshold_curve.png", "tensorboard"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk == results
+  assert results["model"] == {"name": "deeplab_mobilenetv2", "params": 440417}
+  assert results["threshold"] in [pytest.approx(t) for t in metrics_lib.THRESHOLDS]
+  assert 0 <= results["validation"]["ja"] <= 1
+  test = results["test"]["synthetic_lesions/dermoscopic"]
+  assert set(test) == {"tja", "ja", "di", "ac", "se", "sp", "n_images"}
+  assert test["n_images"] == 8  # 20% of 40, every test image exactly once
+  assert all(0 <= test[m] <= 1 for m in ("tja", "ja", "di", "ac", "se", "sp"))
+  overlays = os.listdir(os.path.join(workdir, "overlays", "synthetic_lesions_dermoscopic"))
+  assert any(n.startswith("best1_") for n in overlays)
+  assert any(n.startswith("worst1_") for n in overlays)
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "| synthetic_lesions/dermoscopic |" in table and "TJA" in table
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert {l["kind"] for l in lines} == {"train", "validation"}
+  assert all(np.isfinite(l["loss"]) for l in lines if l["kind"] == "train")
+
+
+def test_same_seed_gives_identical_metrics(finished_run, data_dir, tmp_path):
+  _, first = finished_run
+  second = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "again"))
+  assert second["test"] == first["test"]
+  assert second["threshold"] == first["threshold"]
+
+
+def test_reusing_a_workdir_with_another_config_is_refused(finished_run, data_dir):
+  workdir, _ = finished_run
+  with pytest.raises(FileExistsError, match="loss"):
+    train.train_and_evaluate(tiny_config(data_dir, loss="jaccard"), workdir)
+  # The same config is a finished run: it is not trained again.
+  mtime = os.path.getmtime(os.path.join(workdir, "results.json"))
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert os.path.getmtime(os.path.join(workdir, "results.json")) == mtime
+
+
+def test_overwrite_starts_again(data_dir, tmp_path):
+  workdir = str(tmp_path / "w")
+  config = tiny_config(data_dir, **{"training.num_epochs": 1})
+  train.train_and_evaluate(config, workdir)
+  (tmp_path / "w" / "notes.txt").write_text("mine")
+  results = train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": 1,
+                                                              "loss": "ce"}),
+                                     workdir, overwrite=True)
+  assert results["loss"] == "ce"
+  assert (tmp_path / "w" / "notes.txt").read_text() == "mine"  # only the run's outputs go
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(data_dir, tmp_path, monkeypatch):
+  from lesion_jax import losses
+  name = "always_nan_for_test"
+  if name not in losses.LOSSES:
+    losses.LOSSES.add(name, lambda logits, masks: losses.get_loss("dice")(logits, masks) * np.nan)
+  config = tiny_config(data_dir)
+  config.loss = name
+  with pytest.raises(train.NonFiniteLossError, match="at step 1"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+  assert not os.path.exists(tmp_path / "nan" / "results.json")
+  assert not os.listdir(tmp_path / "nan" / "checkpoints" / "latest")
+
+
+def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
+  """Validation JA 0.5, 0.6, 0.55, 0.58, ... with patience 2 stops at the 4th evaluation."""
+  sequence = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
+  real_evaluate = train.evaluate
+
+  def fake_evaluate(*args, **kwargs):
+    evaluation = real_evaluate(*args, **kwargs)
+    ja = next(sequence, 0.9)
+    # One image whose JA is `ja` at every threshold: tp / (tp + fp + fn).
+    counts = np.zeros_like(evaluation.counts[:1])
+    counts[..., 0] = int(ja * 1000)
+    counts[..., 1] = 1000 - int(ja * 1000)
+    return train.Evaluation(counts, evaluation.loss[:1], evaluation.index[:1])
+
+  monkeypatch.setattr(train, "evaluate", fake_evaluate)
+  config = tiny_config(data_dir, **{"training.num_epochs": 8, "training.patience": 2})
+  results = train.train_and_evaluate(config, str(tmp_path / "es"))
+  validation_calls = [json.loads(l) for l in open(tmp_path / "es" / "metrics.jsonl")
+                      if '"validation"' in l]
+  assert len(validation_calls) == 4
+  assert results["best_step"] == validation_calls[1]["step"]
+
+
+@pytest.mark.parametrize("kill_after_checkpoints", [1])
+def test_resume_after_kill_matches_an_uninterrupted_run(finished_run, data_dir, tmp_path,
+                                                        kill_after_checkpoints):
+  _, uninterrupted = finished_run
+  workdir = tmp_path / "killed"
+  args = [sys.executable, "-c", (
+      "import sys; sys.path.insert(0, %r)\n"
+      "from tests.conftest import tiny_config\n"
+      "from lesion_jax import train\n"
+      "config = tiny_config(%r, **{'checkpoint.every_steps': 1})\n"
+      "train.train_and_evaluate(config, %r)\n") % (REPO, data_dir, str(workdir))]
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  latest = workdir / "checkpoints" / "latest"
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    steps = [int(p) for p in os.listdir(latest) if p.isdigit()] if latest.exists() else []
+    if len(steps) >= kill_after_checkpoints and max(steps) >= 3:
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (workdir / "results.json").exists()
+  resumed = train.train_and_evaluate(
+      tiny_config(data_dir, **{"checkpoint.every_steps": 1}), str(workdir))
+  assert resumed["test"] == uninterrupted["test"]
+  assert resumed["threshold"] == uninterrupted["threshold"]

@@ -1,0 +1,115 @@
+"""Checkpoint-based transfer: init_from, dont_load and frozen (paper, Exp 2)."""
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from lesion_jax import checkpoint as checkpoint_lib
+from lesion_jax import runs, train, transfer
+from tests.conftest import tiny_config
+
+
+def test_merge_takes_loaded_values_and_keeps_dont_load_fresh():
+  fresh = {"params": {"enc": {"w": np.zeros(3)}, "head": {"w": np.zeros(2)}}}
+  loaded = {"params": {"enc": {"w": np.ones(3)}, "head": {"w": np.ones(5)}}}
+  merged = transfer.merge_variables(fresh, loaded, dont_load=["params/head/.*"])
+  np.testing.assert_array_equal(merged["params"]["enc"]["w"], np.ones(3))
+  np.testing.assert_array_equal(merged["params"]["head"]["w"], np.zeros(2))
+
+
+def test_merge_lists_missing_unexpected_and_mismatched_names():
+  fresh = {"params": {"a": np.zeros(3), "b": np.zeros(2), "c": np.zeros(1)}}
+  loaded = {"params": {"a": np.zeros(4), "b": np.zeros(2), "d": np.zeros(1)}}
+  with pytest.raises(ValueError) as error:
+    transfer.merge_variables(fresh, loaded)
+  message = str(error.value)
+  assert "missing" in message and "params/c" in message
+  assert "not in the model: params/d" in message
+  assert "params/a: model (3,) vs checkpoint (4,)" in message
+
+
+def test_bad_patterns_are_reported():
+  with pytest.raises(ValueError, match="regular expression"):
+    transfer.merge_variables({"params": {}}, {"params": {}}, dont_load=["(unclosed"])
+  with pytest.raises(ValueError, match="matches no variable"):
+    transfer.check_patterns_match({"params": {"a": np.zeros(1)}}, ["params/zzz"], "frozen")
+
+
+def test_freeze_zeroes_updates_of_frozen_parameters():
+  params = {"encoder": {"w": np.ones(3, np.float32)}, "head": {"w": np.ones(2, np.float32)}}
+  tx = transfer.freeze(optax.adam(0.1), ["params/encoder/.*"])
+  state = tx.init(params)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, state, params)
+  np.testing.assert_array_equal(updates["encoder"]["w"], 0)
+  assert np.all(np.asarray(updates["head"]["w"]) != 0)
+
+
+@pytest.mark.slow
+def test_init_from_run(data_dir, tmp_path):
+  source_dir = str(tmp_path / "source")
+  train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": 1}), source_dir)
+  source = runs.load_run(source_dir)
+
+  # A fine-tuning run on the other domain: two epochs, head fresh, first conv frozen.
+  target_dir = str(tmp_path / "target")
+  config = tiny_config(data_dir, **{"training.num_epochs": 1,
+                                    "data.train": ("synthetic_lesions/macroscopic",)})
+  config.init_from = source_dir
+  config.dont_load = (r"params/.*logits.*",)
+  frozen_path = next(p for p in transfer.flatten(source.variables["params"])
+                     if "kernel" in p and "logits" not in p)
+  config.frozen = ("params/" + frozen_path,)
+  captured = {}
+  real_init = train._init_from_run
+
+  def spy(state, cfg):
+    new_state, info = real_init(state, cfg)
+    captured["initial"] = transfer.to_host({"params": new_state.params,
+                                            "batch_stats": new_state.batch_stats})
+    captured["fresh"] = transfer.to_host({"params": state.params})
+    return new_state, info
+
+  train._init_from_run = spy
+  try:
+    results = train.train_and_evaluate(config, target_dir)
+  finally:
+    train._init_from_run = real_init
+
+  initial = transfer.flatten(captured["initial"])
+  expected = transfer.flatten(source.variables)
+  fresh = transfer.flatten(captured["fresh"])
+  for path, value in initial.items():
+    if "logits" in path:  # dont_load: the fresh initialisation
+      np.testing.assert_array_equal(value, fresh[path])
+    else:  # everything else, batch statistics included, equals the source's best checkpoint
+      np.testing.assert_array_equal(value, expected[path])
+  assert any(p.startswith("batch_stats/") for p in initial)
+
+  # The frozen parameter did not move during fine-tuning.
+  after = transfer.flatten(runs.load_run(target_dir).variables["params"])
+  np.testing.assert_array_equal(after[frozen_path], expected["params/" + frozen_path])
+  moved = [p for p in after if "logits" not in p and p != frozen_path
+           and not np.array_equal(after[p], expected["params/" + p])]
+  assert moved, "the unfrozen parameters should have trained"
+  assert results["init_from"]["workdir"] == os.path.abspath(source_dir)
+  assert results["init_from"]["step"] == source.meta["step"]
+
+
+@pytest.mark.slow
+def test_init_from_shape_mismatch_names_the_parameter(data_dir, tmp_path):
+  source_dir = str(tmp_path / "source")
+  train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": 1}), source_dir)
+  config = tiny_config(data_dir, **{"training.num_epochs": 1, "model.alpha": 0.5})
+  config.init_from = source_dir
+  with pytest.raises(ValueError, match="(?s)shape mismatch:.*params/.*kernel: model"):
+    train.train_and_evaluate(config, str(tmp_path / "target"))
+
+
+def test_init_from_missing_checkpoint_is_clear(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+    checkpoint_lib.read_variables(str(tmp_path / "empty"))
+  assert not (tmp_path / "empty" / "checkpoints").exists()  # reading created nothing
