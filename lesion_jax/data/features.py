@@ -29,14 +29,18 @@ def lesion_features(label_names: tuple[str, ...]) -> tfds.features.FeaturesDict:
   })
 
 
-def encode_png(array: np.ndarray) -> io.BytesIO:
-  """PNG bytes of a uint8 HxW, HxWx1 or HxWx3 array, as a file object tfds stores verbatim."""
+def encode_png(array: np.ndarray, compress_level: int = 1) -> io.BytesIO:
+  """PNG bytes of a uint8 HxW, HxWx1 or HxWx3 array, as a file object tfds stores verbatim.
+
+  Level 1 (fastest) is about 4x quicker to write than PIL's default and only ~4% larger; a
+  dataset is prepared once but its size barely matters next to its preparation time.
+  """
   array = np.asarray(array)
   if array.dtype != np.uint8:
     raise ValueError(f"expected a uint8 array, got {array.dtype}")
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
+  Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
   buffer.seek(0)
   return buffer
