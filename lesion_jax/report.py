@@ -96,6 +96,23 @@ def write_run_report(workdir: str, results: Mapping[str, Any], ja_curve: np.ndar
                        results["threshold"])
 
 
+def write_per_image(workdir: str,
+                    per_dataset: Mapping[str, tuple[Sequence[str], Mapping[str, np.ndarray]]]
+                    ) -> str:
+  """per_image.csv: one row per test image and its six metrics at the chosen threshold.
+
+  Paired comparisons between runs (e.g. Exp 1 vs Exp 2) join these files on (dataset, image_id).
+  """
+  path = os.path.join(workdir, "per_image.csv")
+  with open(path, "w") as f:
+    f.write("dataset,image_id," + ",".join(METRIC_COLUMNS) + "\n")
+    for dataset, (ids, values) in per_dataset.items():
+      for row, image_id in enumerate(ids):
+        f.write(f"{dataset},{image_id}," +
+                ",".join(f"{float(values[m][row]):.6f}" for m in METRIC_COLUMNS) + "\n")
+  return path
+
+
 def plot_threshold_curve(path: str, thresholds, ja_curve, chosen: float) -> None:
   import matplotlib
   matplotlib.use("Agg")

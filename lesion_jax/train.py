@@ -35,7 +35,8 @@ from lesion_jax.data import pipeline
 
 # Files a run writes in its workdir; `--overwrite` removes exactly these and nothing else.
 RUN_OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "results.json", "results.md",
-               "overlays", "tensorboard", "threshold_curve.json")
+               "overlays", "tensorboard", "threshold_curve.json", "threshold_curve.png",
+               "per_image.csv")
 
 
 class TrainState(train_state.TrainState):
@@ -467,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     evaluation = evaluate(p_eval, replicated, source, preprocess_eval, **eval_kwargs)
     counts = evaluation.counts[:, t_index]
     test_results[name] = {**metrics_lib.macro_average(counts), "n_images": int(len(counts))}
-    per_image[name] = (evaluation, metrics_lib.isic_metrics(counts)["ja"])
+    per_image[name] = (evaluation, metrics_lib.isic_metrics(counts))
 
   results = {
       "model": {"name": config.model.name, "params": int(num_params)},
@@ -485,8 +486,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     predict = p_eval_predict(replicated, devices)
     report.write_run_report(workdir, results, ja_curve=ja_curve,
                             thresholds=metrics_lib.THRESHOLDS)
-    for name, (evaluation, ja) in per_image.items():
-      report.write_overlays(workdir, name, datasets.test[name], evaluation.index, ja,
+    report.write_per_image(workdir, {
+        name: (_image_ids(datasets.test[name], evaluation.index), image_metrics)
+        for name, (evaluation, image_metrics) in per_image.items()})
+    for name, (evaluation, image_metrics) in per_image.items():
+      report.write_overlays(workdir, name, datasets.test[name], evaluation.index,
+                            image_metrics["ja"],
                             predict=lambda images: predict(images), preprocess=preprocess_eval,
                             threshold=threshold, count=config.report.num_overlays)
     with open(results_path + ".tmp", "w") as f:
@@ -508,6 +513,14 @@ def _init_from_run(state: TrainState, config: ml_collections.ConfigDict):
   state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
   return state, {"workdir": os.path.abspath(config.init_from), "step": int(meta["step"]),
                  "val_ja": meta.get("val_ja")}
+
+
+def _image_ids(source, indices: np.ndarray) -> list[str]:
+  ids = []
+  for i in indices:
+    image_id = source[int(i)]["image_id"]
+    ids.append(image_id.decode() if isinstance(image_id, bytes) else str(image_id))
+  return ids
 
 
 def _update_timing(timing: dict, loop: dict) -> None:
