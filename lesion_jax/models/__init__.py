@@ -1,0 +1,167 @@
+"""Model registry: every architecture of the paper as a named, configurable flax.linen setting.
+
+    model = create_model("deeplab_mobilenetv2", alpha=0.35, output_stride=16)
+    variables = model.init(jax.random.key(0), x)             # x: (B, H, W, 3) float32, NHWC
+    logits = model.apply(variables, x)                         # (B, H, W, 1) float32
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": key})
+
+Every model has `__call__(x, train=False)`, an `input_divisor` (H and W must be multiples of it)
+and a `dtype` (compute dtype; parameters stay float32). Variables are `params` and, where BN is
+used, `batch_stats`; dropout draws from the rng stream 'dropout'.
+
+Registered settings (defaults are the paper's best settings, Table 2):
+  unet (ifc 32), att_unet (ifc 64), r2_unet (ifc 16), att_r2_unet (ifc 64),
+  deeplabv3plus_xception65 (OS 16), deeplab_mobilenetv2 (alpha 1.0, OS 16; paper: alpha 0.35).
+`python -m lesion_jax.models` prints every setting with its parameter count.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lesion_jax.models.deeplab import DeepLab
+from lesion_jax.models.encoders import MobileNetV2Encoder, Xception65Encoder
+from lesion_jax.models.encoders.mobilenet_v2 import validate_alpha, validate_output_stride
+from lesion_jax.models.layers import (DEPTHWISE_IMPLEMENTATIONS, DepthwiseConv2D,
+                                      check_input_size)
+from lesion_jax.models.unet import IFC_CHOICES, UNet
+from lesion_jax.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _compute_dtype(dtype: Any) -> Any:
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError as error:
+    raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}") from error
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+  return jnp.dtype(name)
+
+
+def _check_depthwise(implementation: str) -> None:
+  if implementation not in DEPTHWISE_IMPLEMENTATIONS:
+    raise ValueError(f"depthwise_implementation must be one of {DEPTHWISE_IMPLEMENTATIONS}, "
+                     f"got {implementation!r}")
+
+
+def _check_ifc(name: str, ifc: int) -> None:
+  if ifc not in IFC_CHOICES:
+    raise ValueError(f"{name}: ifc (initial feature channels) must be one of {IFC_CHOICES} "
+                     f"(the paper's settings), got {ifc!r}")
+
+
+def _register_unet(name: str, *, attention: bool, block: str, default_ifc: int,
+                   default_dropout: float) -> None:
+  def factory(ifc: int = default_ifc, dropout_rate: float = default_dropout,
+              batch_norm: bool = False, recurrent_units: int = 2, recurrent_t: int = 2,
+              share_recurrent_weights: bool = False, num_classes: int = 1,
+              dtype: Any = jnp.float32) -> UNet:
+    _check_ifc(name, ifc)
+    return UNet(ifc=ifc, block=block, attention=attention, dropout_rate=dropout_rate,
+                batch_norm=batch_norm, recurrent_units=recurrent_units, recurrent_t=recurrent_t,
+                share_recurrent_weights=share_recurrent_weights, num_classes=num_classes,
+                dtype=_compute_dtype(dtype))
+  factory.__name__ = name
+  factory.__doc__ = (f"{name}: UNet(block={block!r}, attention={attention}); default ifc "
+                     f"{default_ifc}, dropout {default_dropout}.")
+  MODELS.add(name, factory)
+
+
+_register_unet("unet", attention=False, block="conv", default_ifc=32, default_dropout=0.2)
+_register_unet("att_unet", attention=True, block="conv", default_ifc=64, default_dropout=0.2)
+_register_unet("r2_unet", attention=False, block="recurrent_residual", default_ifc=16,
+               default_dropout=0.0)
+_register_unet("att_r2_unet", attention=True, block="recurrent_residual", default_ifc=64,
+               default_dropout=0.0)
+
+
+@MODELS.register("deeplab_mobilenetv2")
+def deeplab_mobilenetv2(alpha: float = 1.0, output_stride: int = 16, aspp: bool = False,
+                        decoder: bool = False, num_classes: int = 1, dropout_rate: float = 0.1,
+                        depthwise_implementation: str = "auto",
+                        dtype: Any = jnp.float32) -> DeepLab:
+  """DeepLab with a Keras-layout MobileNetV2 encoder; TF DeepLab's MobileNetV2 head by default.
+
+  The paper's "reduced Mobile DeepLab" is alpha=0.35, output_stride=16 (0.44M parameters).
+  `aspp` adds separable atrous branches (rates by output stride), `decoder` the v3+ decoder.
+  """
+  validate_alpha(alpha)
+  validate_output_stride(output_stride, "deeplab_mobilenetv2")
+  _check_depthwise(depthwise_implementation)
+  dtype = _compute_dtype(dtype)
+  encoder = MobileNetV2Encoder(alpha=alpha, output_stride=output_stride,
+                               depthwise_implementation=depthwise_implementation, dtype=dtype)
+  return DeepLab(encoder, aspp=aspp, decoder=decoder, num_classes=num_classes,
+                 dropout_rate=dropout_rate, depthwise_implementation=depthwise_implementation,
+                 dtype=dtype)
+
+
+@MODELS.register("deeplabv3plus_xception65")
+def deeplabv3plus_xception65(output_stride: int = 16, num_classes: int = 1,
+                             dropout_rate: float = 0.1, middle_flow_units: int = 16,
+                             depthwise_implementation: str = "auto",
+                             dtype: Any = jnp.float32) -> DeepLab:
+  """DeepLabv3+ with the modified aligned Xception-65 encoder, ASPP and decoder (41.05M).
+
+  `middle_flow_units` is 16 in Xception-65; smaller values only serve smoke tests.
+  """
+  validate_output_stride(output_stride, "deeplabv3plus_xception65")
+  _check_depthwise(depthwise_implementation)
+  dtype = _compute_dtype(dtype)
+  encoder = Xception65Encoder(output_stride=output_stride, middle_flow_units=middle_flow_units,
+                              depthwise_implementation=depthwise_implementation, dtype=dtype)
+  return DeepLab(encoder, aspp=True, decoder=True, num_classes=num_classes,
+                 dropout_rate=dropout_rate, depthwise_implementation=depthwise_implementation,
+                 dtype=dtype)
+
+
+def model_names() -> list[str]:
+  """Registered model names, sorted."""
+  return MODELS.names()
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+  """The model registered as `name`, configured by `kwargs`.
+
+  Raises:
+    UnknownNameError (a KeyError) listing the valid names for an unknown `name`; TypeError
+    listing the accepted options for an unknown keyword; ValueError for a bad value.
+  """
+  factory = MODELS.get(name, where="create_model")
+  signature = inspect.signature(factory)
+  unknown = sorted(set(kwargs) - set(signature.parameters))
+  if unknown:
+    raise TypeError(f"model {name!r} got unknown option(s) {unknown}; it accepts "
+                    f"{list(signature.parameters)}")
+  return factory(**kwargs)
+
+
+def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
+  """Number of scalars in the `params` collection, from shapes only (`jax.eval_shape`).
+
+  `input_shape` defaults to (1, d, d, 3) with d = 2 * model.input_divisor; parameter counts do
+  not depend on the spatial size.
+  """
+  if input_shape is None:
+    side = 2 * getattr(model, "input_divisor", 16)
+    input_shape = (1, side, side, 3)
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+  shapes = jax.eval_shape(lambda inputs: model.init(jax.random.key(0), inputs), x)
+  return int(sum(np.prod(leaf.shape, dtype=np.int64)
+                 for leaf in jax.tree_util.tree_leaves(shapes.get("params", {}))))
+
+
+__all__ = [
+    "MODELS", "DeepLab", "DepthwiseConv2D", "MobileNetV2Encoder", "UNet", "Xception65Encoder",
+    "check_input_size", "count_params", "create_model", "deeplab_mobilenetv2",
+    "deeplabv3plus_xception65", "model_names",
+]

@@ -1,0 +1,243 @@
+"""Model registry: parameter counts, forward/backward on non-square input, dtypes, bad input.
+
+Speed notes: counts come from `jax.eval_shape` (nothing runs). Forward/backward runs use narrow
+versions of each registered setting (U-Nets cloned to ifc=4, MobileNetV2 at alpha 0.35,
+Xception-65 with one middle-flow unit) with variables filled from NumPy, since `model.init`
+compiles a random sampler per parameter shape; one jit per model then covers the loss, the
+gradients and two dropout keys.
+"""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lesion_jax.models import (MODELS, check_input_size, count_params, create_model,
+                               model_names)
+from lesion_jax.models.__main__ import format_millions, paper_settings, table
+from lesion_jax.models.encoders import ENCODERS, create_encoder
+from lesion_jax.registry import UnknownNameError
+
+# (name, options, exact count, architecture.md target, tolerance of the target).
+COUNTS = [
+    ("unet", {"ifc": 16}, 1_962_625, 1_962_625, 0.0),
+    ("unet", {"ifc": 32}, 7_846_657, 7.85e6, 0.02),
+    ("att_unet", {"ifc": 64}, 31_902_629, 31.90e6, 0.02),
+    ("r2_unet", {"ifc": 16}, 6_003_041, 6.00e6, 0.02),
+    ("att_r2_unet", {"ifc": 64}, 96_509_733, 96.51e6, 0.02),
+    ("deeplabv3plus_xception65", {"output_stride": 16}, 41_050_273, 41.05e6, 0.02),
+    ("deeplabv3plus_xception65", {"output_stride": 8}, 41_050_273, 41.05e6, 0.02),
+    ("deeplab_mobilenetv2", {"alpha": 1.0}, 2_108_417, 2_108_417, 0.0),
+    ("deeplab_mobilenetv2", {"alpha": 0.35}, 440_417, 440_417, 0.0),
+    ("deeplab_mobilenetv2", {"alpha": 0.35, "output_stride": 8}, 440_417, 440_417, 0.0),
+]
+
+# Narrow stand-ins of every registered setting, keeping its layout (block, attention, head).
+SMALL = {
+    "unet": lambda: create_model("unet").clone(ifc=4),
+    "att_unet": lambda: create_model("att_unet").clone(ifc=4),
+    "r2_unet": lambda: create_model("r2_unet").clone(ifc=4),
+    "att_r2_unet": lambda: create_model("att_r2_unet").clone(ifc=4),
+    # 'xla' depthwise: same numbers as the CPU default 'shifted' (tests/test_depthwise.py) but
+    # about a third less XLA compile time for a whole-network gradient.
+    "deeplab_mobilenetv2": lambda: create_model("deeplab_mobilenetv2", alpha=0.35,
+                                                depthwise_implementation="xla"),
+    "deeplabv3plus_xception65": lambda: create_model(
+        "deeplabv3plus_xception65", middle_flow_units=1, depthwise_implementation="xla"),
+}
+# These runs check shapes and gradients, not speed: cheaper XLA CPU codegen cuts compile time.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+HAS_DROPOUT = {"unet", "att_unet", "deeplab_mobilenetv2", "deeplabv3plus_xception65"}
+BATCH, HEIGHT, WIDTH = 2, 32, 48  # non-square; multiple of 16 (U-Net) and of OS 8/16
+
+
+def numpy_variables(model, shape, seed=0):
+  """Variables with init's tree and shapes, filled from NumPy (LeCun-scaled kernels, unit BN)."""
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                          jax.ShapeDtypeStruct(shape, jnp.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      value = rng.normal(size=leaf.shape) * np.sqrt(1.0 / fan_in)  # Flax's default (LeCun) scale
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    else:
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+
+
+def test_registry_lists_every_architecture():
+  assert model_names() == sorted(["att_r2_unet", "att_unet", "deeplab_mobilenetv2",
+                                  "deeplabv3plus_xception65", "r2_unet", "unet"])
+  assert set(SMALL) == set(model_names())
+  with pytest.raises(UnknownNameError, match="Valid model names: att_r2_unet, att_unet"):
+    create_model("unet++")
+
+
+@pytest.mark.parametrize("name,options,exact,target,tolerance", COUNTS,
+                         ids=[f"{c[0]}-{c[1]}" for c in COUNTS])
+def test_parameter_counts(name, options, exact, target, tolerance):
+  count = count_params(create_model(name, **options))
+  assert count == exact
+  assert abs(count - target) <= tolerance * target
+
+
+def test_default_settings_are_the_papers_best():
+  expected = {"unet": 32, "att_unet": 64, "r2_unet": 16, "att_r2_unet": 64}
+  for name, ifc in expected.items():
+    assert create_model(name).ifc == ifc
+  assert create_model("unet").dropout_rate == create_model("att_unet").dropout_rate == 0.2
+  assert create_model("r2_unet").dropout_rate == 0.0
+  assert not create_model("unet").batch_norm
+  mobile = create_model("deeplab_mobilenetv2")
+  assert (mobile.encoder.alpha, mobile.encoder.output_stride, mobile.aspp, mobile.decoder) == (
+      1.0, 16, False, False)
+
+
+def test_options_change_the_layout_as_documented():
+  # R2 weight sharing: one conv per recurrent unit instead of three.
+  shared = count_params(create_model("r2_unet", share_recurrent_weights=True))
+  assert 2.0 < 6_003_041 / shared < 3.0
+  # ASPP (3 separable branches, wider projection) and the v3+ decoder add parameters.
+  plain = count_params(create_model("deeplab_mobilenetv2", alpha=0.35))
+  with_aspp = count_params(create_model("deeplab_mobilenetv2", alpha=0.35, aspp=True))
+  full = count_params(create_model("deeplab_mobilenetv2", alpha=0.35, aspp=True, decoder=True))
+  assert plain < with_aspp < full
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name == "deeplabv3plus_xception65" else name
+    for name in sorted(SMALL)])  # Xception: ~10 s even with one middle-flow unit
+def test_forward_and_backward_on_non_square_input(name):
+  model = SMALL[name]()
+  shape = (BATCH, HEIGHT, WIDTH, 3)
+  variables = numpy_variables(model, shape)
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
+
+  @jax.jit(compiler_options=FAST_COMPILE)
+  def loss_and_grads(params, key):
+    def loss(params):
+      logits, _ = model.apply({"params": params, **state}, x, train=True,
+                              mutable=list(state), rngs={"dropout": key})
+      return jnp.mean(logits), logits
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  # rbg keys: the default threefry sampler is slow to compile on CPU.
+  (loss_a, logits), grads = loss_and_grads(params, jax.random.key(1, impl="rbg"))
+  (loss_b, _), _ = loss_and_grads(params, jax.random.key(2, impl="rbg"))
+  assert logits.shape == (BATCH, HEIGHT, WIDTH, 1)
+  assert logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  # Every block takes part: each top-level submodule gets a non-zero gradient (single leaves
+  # may legitimately get none, e.g. behind a dead ReLU in a 2-channel attention gate).
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+  for module, subtree in grads.items():
+    largest = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(subtree))
+    assert largest > 0, f"no gradient reaches {module}"
+  if name in HAS_DROPOUT:
+    assert float(loss_a) != float(loss_b)  # the dropout rng is used...
+    with pytest.raises(flax.errors.InvalidRngError, match="dropout"):  # ...and needed
+      jax.eval_shape(lambda: model.apply(variables, x, train=True, mutable=list(state)))
+  else:
+    assert float(loss_a) == float(loss_b)
+  # Inference mode: same shape, no rng needed.
+  out = jax.eval_shape(lambda: model.apply(variables, x))
+  assert (out.shape, out.dtype) == ((BATCH, HEIGHT, WIDTH, 1), jnp.float32)
+
+
+@pytest.mark.parametrize("name", ["unet", "deeplab_mobilenetv2"])
+def test_bfloat16_compute_keeps_float32_params_and_finite_output(name):
+  options = {"alpha": 0.35} if name == "deeplab_mobilenetv2" else {}
+  model = create_model(name, dtype=jnp.bfloat16, **options)
+  if name == "deeplab_mobilenetv2":  # the CPU default 'shifted' path, in bfloat16
+    assert model.encoder.depthwise_implementation == "auto"
+  if name == "unet":
+    model = model.clone(ifc=4)
+  shape = (1, HEIGHT, WIDTH, 3)
+  param_dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(jax.eval_shape(
+      lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct(shape, jnp.float32)))}
+  assert param_dtypes == {jnp.dtype(jnp.float32)}
+  variables = numpy_variables(model, shape)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=shape), jnp.float32)
+  logits = jax.jit(model.apply, compiler_options=FAST_COMPILE)(variables, x)
+  assert logits.dtype == jnp.float32 and logits.shape == (1, HEIGHT, WIDTH, 1)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("unet", {"ifc": 8}, r"ifc .*one of \(16, 32, 64\).*got 8"),
+    ("r2_unet", {"ifc": 128}, r"ifc .*got 128"),
+    ("deeplab_mobilenetv2", {"alpha": 0}, r"alpha must be a number > 0, got 0"),
+    ("deeplab_mobilenetv2", {"alpha": -0.5}, r"alpha .*got -0.5"),
+    ("deeplab_mobilenetv2", {"output_stride": 12},
+     r"output_stride must be one of \(8, 16\), got 12"),
+    ("deeplabv3plus_xception65", {"output_stride": 12}, r"output_stride .*got 12"),
+    ("unet", {"dtype": "int32"}, r"dtype must be one of"),
+    ("deeplab_mobilenetv2", {"depthwise_implementation": "cuda"}, r"depthwise_implementation"),
+])
+def test_bad_options_raise_value_error_naming_the_value(name, options, message):
+  with pytest.raises(ValueError, match=message):
+    create_model(name, **options)
+
+
+def test_unknown_option_names_the_accepted_ones():
+  with pytest.raises(TypeError, match=r"'deeplab_mobilenetv2' got unknown option\(s\) \['ifc'\]"):
+    create_model("deeplab_mobilenetv2", ifc=16)
+
+
+@pytest.mark.parametrize("name,divisor", [("unet", 16), ("deeplab_mobilenetv2", 16),
+                                          ("deeplabv3plus_xception65", 16)])
+def test_input_size_not_divisible_is_rejected_before_running(name, divisor):
+  model = create_model(name)
+  assert model.input_divisor == divisor
+  check_input_size(model, 64, 96)
+  with pytest.raises(ValueError, match=rf"input size 40x96 .*multiples of {divisor}"):
+    check_input_size(model, 40, 96)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 64, 64, 3))))
+  with pytest.raises(ValueError, match=rf"input size 64x72 does not suit \w+"):
+    jax.eval_shape(lambda: model.apply(variables, jnp.ones((1, 64, 72, 3))))
+
+
+def test_input_divisor_follows_the_output_stride():
+  assert create_model("deeplab_mobilenetv2", output_stride=8).input_divisor == 8
+  assert create_model("deeplabv3plus_xception65", output_stride=8).input_divisor == 8
+
+
+@pytest.mark.parametrize("encoder,options", [
+    ("mobilenet_v2", {"alpha": 0.35, "output_stride": 16}),
+    ("mobilenet_v2", {"alpha": 1.0, "output_stride": 8}),
+    ("xception_65", {"output_stride": 16, "middle_flow_units": 1}),
+    ("xception_65", {"output_stride": 8, "middle_flow_units": 1}),
+])
+def test_encoders_keep_the_contract(encoder, options):
+  module = create_encoder(encoder, **options)
+  x = jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
+  features = jax.eval_shape(lambda v, x: module.apply(v, x), variables, x)
+  assert sorted(features) == sorted(module.feature_channels) == [4, module.output_stride]
+  for stride, feature in features.items():
+    assert feature.shape == (1, 64 // stride, 96 // stride, module.feature_channels[stride])
+  assert set(ENCODERS) == {"mobilenet_v2", "xception_65"}
+
+
+def test_mobilenet_v2_low_level_feature_is_block_2_depthwise_output():
+  # alpha 1.0: block 2 expands 24 -> 144 channels (TF-slim's layer_4/depthwise_output).
+  assert create_encoder("mobilenet_v2", alpha=1.0).feature_channels == {4: 144, 16: 320}
+  assert create_encoder("mobilenet_v2", alpha=0.35).feature_channels == {4: 48, 16: 112}
+
+
+def test_table_covers_every_registered_model_in_table_2_style():
+  assert {name for name, _ in paper_settings()} == set(MODELS)
+  text = table([("deeplab_mobilenetv2", {"alpha": 0.35, "output_stride": 16}),
+                ("unet", {"ifc": 32})])
+  mobile, unet = text.splitlines()[2:]
+  assert mobile.split()[-3:] == ["0.4M", "440,417", "0.4M"]   # P, exact count, paper's P
+  assert unet.split()[-3:] == ["8M", "7,846,657", "8M"]
+  assert format_millions(96_509_733) == "97M" and format_millions(1_301_409) == "1M"
