@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
   config.data.manual_dirs = ml_collections.ConfigDict()  # {dataset name: archive folder}
   config.data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
+  # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
+  # so training does not decode large JPEGs every epoch. None: native resolution.
+  config.data.stored_size = config_dict.placeholder(int)
   # The synthetic builder's settings (count, stored size, seed) for synthetic_lesions/*.
   config.data.synthetic = ml_collections.ConfigDict(
       dict(num_images=300, image_size=256, seed=0))
@@ -86,6 +89,24 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
+
+  # Throughput benchmark (config.experiment = "benchmark"; lesion_jax/benchmark.py). It times the
+  # real train and eval steps at data.image_size, batch_size_per_device and num_devices.
+  config.benchmark = ml_collections.ConfigDict()
+  # Models timed, each "name" or "name:option=value,...": Table 2's settings. Empty: config.model.
+  config.benchmark.models = (
+      "unet:ifc=32", "att_unet:ifc=64", "r2_unet:ifc=16", "att_r2_unet:ifc=64",
+      "deeplabv3plus_xception65:output_stride=16", "deeplab_mobilenetv2:alpha=1.0",
+      "deeplab_mobilenetv2:alpha=0.35")
+  config.benchmark.dtypes = ()  # compute dtypes compared, e.g. ("float32", "bfloat16"); (): model's
+  config.benchmark.warmup_steps = 2  # untimed steps after compilation
+  config.benchmark.steps = 10  # timed train steps, and as many eval steps
+  config.benchmark.pipeline_batches = 20  # batches timed through the input pipeline alone; 0: skip
+  config.benchmark.pipeline_images = 64  # synthetic images it reads, stored at data.image_size
+  config.benchmark.batch_sweep = False  # also double the per-device batch from 1 until it won't fit
+  config.benchmark.max_batch_per_device = 256  # the batch sweep stops here at the latest
+  config.benchmark.cpu_max_batch_per_device = 16  # ... and here on CPU (slow steps, shared RAM)
+  config.benchmark.device_sweep = False  # also time 1, 2, 4, ... local devices: scaling efficiency
 
   config.lock()
   return config

@@ -250,6 +250,8 @@ def load_datasets(config: ml_collections.ConfigDict) -> Datasets:
     options = dict(config.data.options.get(name, {})) if name in config.data.options else {}
     if name.startswith("synthetic_lesions/"):
       options = {**config.data.synthetic.to_dict(), **options}
+    elif config.data.stored_size:
+      options.setdefault("image_size", config.data.stored_size)
     builders[name] = data_lib.get_builder(
         name, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir,
         manual_dirs=config.data.manual_dirs.to_dict(), options=options)
