@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.output_stride = 16
   config.model.ifc = config_dict.placeholder(int)
   config.model.dtype = "float32"  # compute dtype; parameters stay float32. 'bfloat16' for speed.
+  # BatchNorm running-average momentum; None keeps the architecture's (Keras 0.999, TF 0.9997),
+  # right for the paper's long runs. Runs of a few hundred steps need ~0.99.
+  config.model.bn_momentum = config_dict.placeholder(float)
 
   # One of: ce, dice, jaccard, ce_log_jaccard, ce_log_dice (paper, "Model Optimization").
   config.loss = "dice"
@@ -107,6 +110,21 @@ def base_config() -> ml_collections.ConfigDict:
   config.benchmark.max_batch_per_device = 256  # the batch sweep stops here at the latest
   config.benchmark.cpu_max_batch_per_device = 16  # ... and here on CPU (slow steps, shared RAM)
   config.benchmark.device_sweep = False  # also time 1, 2, 4, ... local devices: scaling efficiency
+
+  # Sweep (config.experiment = "sweep"; lesion_jax/sweep.py): one run per combination, each in
+  # WORKDIR/<name made of its overrides>, then a Table 2-style table of them all.
+  config.sweep = ml_collections.ConfigDict()
+  # Grids, each {dotted key: [values]}: a grid adds the product of its lists; duplicates run once.
+  config.sweep.grids = ()
+
+  # Exp 1 vs Exp 2 (config.experiment = "transfer"; lesion_jax/sweep.py): train this config on
+  # its own data (Exp 1), pretrain it on other data, fine-tune that on its data (Exp 2), compare.
+  config.transfer = ml_collections.ConfigDict()
+  config.transfer.pretrain_data = ()  # train datasets of the pretraining run (paper: set D)
+  config.transfer.pretrain_test = ()  # test datasets reported for it; empty: pretrain_data
+  # Finished runs to reuse instead of training them in WORKDIR/exp1 and WORKDIR/pretrain.
+  config.transfer.baseline_workdir = config_dict.placeholder(str)
+  config.transfer.pretrain_workdir = config_dict.placeholder(str)
 
   config.lock()
   return config

@@ -28,8 +28,8 @@ import numpy as np
 from lesion_jax.models.deeplab import DeepLab
 from lesion_jax.models.encoders import MobileNetV2Encoder, Xception65Encoder
 from lesion_jax.models.encoders.mobilenet_v2 import validate_alpha, validate_output_stride
-from lesion_jax.models.layers import (DEPTHWISE_IMPLEMENTATIONS, DepthwiseConv2D,
-                                      check_input_size)
+from lesion_jax.models.layers import (DEPTHWISE_IMPLEMENTATIONS, BatchNormOptions,
+                                      DepthwiseConv2D, check_input_size)
 from lesion_jax.models.unet import IFC_CHOICES, UNet
 from lesion_jax.registry import Registry
 
@@ -64,11 +64,13 @@ def _register_unet(name: str, *, attention: bool, block: str, default_ifc: int,
   def factory(ifc: int = default_ifc, dropout_rate: float = default_dropout,
               batch_norm: bool = False, recurrent_units: int = 2, recurrent_t: int = 2,
               share_recurrent_weights: bool = False, num_classes: int = 1,
+              bn_momentum: float | None = None, bn_axis_name: str | None = None,
               dtype: Any = jnp.float32) -> UNet:
     _check_ifc(name, ifc)
     return UNet(ifc=ifc, block=block, attention=attention, dropout_rate=dropout_rate,
                 batch_norm=batch_norm, recurrent_units=recurrent_units, recurrent_t=recurrent_t,
                 share_recurrent_weights=share_recurrent_weights, num_classes=num_classes,
+                bn_options=BatchNormOptions(bn_momentum, bn_axis_name),
                 dtype=_compute_dtype(dtype))
   factory.__name__ = name
   factory.__doc__ = (f"{name}: UNet(block={block!r}, attention={attention}); default ifc "
@@ -88,6 +90,7 @@ _register_unet("att_r2_unet", attention=True, block="recurrent_residual", defaul
 def deeplab_mobilenetv2(alpha: float = 1.0, output_stride: int = 16, aspp: bool = False,
                         decoder: bool = False, num_classes: int = 1, dropout_rate: float = 0.1,
                         depthwise_implementation: str = "auto",
+                        bn_momentum: float | None = None, bn_axis_name: str | None = None,
                         dtype: Any = jnp.float32) -> DeepLab:
   """DeepLab with a Keras-layout MobileNetV2 encoder; TF DeepLab's MobileNetV2 head by default.
 
@@ -98,17 +101,20 @@ def deeplab_mobilenetv2(alpha: float = 1.0, output_stride: int = 16, aspp: bool 
   validate_output_stride(output_stride, "deeplab_mobilenetv2")
   _check_depthwise(depthwise_implementation)
   dtype = _compute_dtype(dtype)
+  bn_options = BatchNormOptions(bn_momentum, bn_axis_name)
   encoder = MobileNetV2Encoder(alpha=alpha, output_stride=output_stride,
-                               depthwise_implementation=depthwise_implementation, dtype=dtype)
+                               depthwise_implementation=depthwise_implementation,
+                               bn_options=bn_options, dtype=dtype)
   return DeepLab(encoder, aspp=aspp, decoder=decoder, num_classes=num_classes,
                  dropout_rate=dropout_rate, depthwise_implementation=depthwise_implementation,
-                 dtype=dtype)
+                 bn_options=bn_options, dtype=dtype)
 
 
 @MODELS.register("deeplabv3plus_xception65")
 def deeplabv3plus_xception65(output_stride: int = 16, num_classes: int = 1,
                              dropout_rate: float = 0.1, middle_flow_units: int = 16,
                              depthwise_implementation: str = "auto",
+                             bn_momentum: float | None = None, bn_axis_name: str | None = None,
                              dtype: Any = jnp.float32) -> DeepLab:
   """DeepLabv3+ with the modified aligned Xception-65 encoder, ASPP and decoder (41.05M).
 
@@ -117,11 +123,13 @@ def deeplabv3plus_xception65(output_stride: int = 16, num_classes: int = 1,
   validate_output_stride(output_stride, "deeplabv3plus_xception65")
   _check_depthwise(depthwise_implementation)
   dtype = _compute_dtype(dtype)
+  bn_options = BatchNormOptions(bn_momentum, bn_axis_name)
   encoder = Xception65Encoder(output_stride=output_stride, middle_flow_units=middle_flow_units,
-                              depthwise_implementation=depthwise_implementation, dtype=dtype)
+                              depthwise_implementation=depthwise_implementation,
+                              bn_options=bn_options, dtype=dtype)
   return DeepLab(encoder, aspp=True, decoder=True, num_classes=num_classes,
                  dropout_rate=dropout_rate, depthwise_implementation=depthwise_implementation,
-                 dtype=dtype)
+                 bn_options=bn_options, dtype=dtype)
 
 
 def model_names() -> list[str]:

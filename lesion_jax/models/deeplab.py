@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import ConvBN, check_input_size, resize_bilinear
+from lesion_jax.models.layers import (BatchNormOptions, ConvBN, check_input_size,
+                                      resize_bilinear)
 
 Array = jax.Array
 
@@ -48,11 +49,13 @@ class SplitSeparableConv(nn.Module):
   features: int
   dilation: int = 1
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM, dtype=self.dtype)
+    common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM,
+                  bn_options=self.bn_options, dtype=self.dtype)
     x = ConvBN(x.shape[-1], 3, dilation=self.dilation, depthwise=True,
                depthwise_implementation=self.depthwise_implementation, name="depthwise",
                **common)(x, train)
@@ -64,11 +67,13 @@ class DeepLabHead(nn.Module):
   atrous_rates: Sequence[int] = ()
   dropout_rate: float = 0.1
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM, dtype=self.dtype)
+    common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM,
+                  bn_options=self.bn_options, dtype=self.dtype)
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = ConvBN(ASPP_CHANNELS, 1, name="image_pooling", **common)(pooled, train)
     # Bilinear upsampling of a 1x1 map is a broadcast.
@@ -77,7 +82,7 @@ class DeepLabHead(nn.Module):
     for index, rate in enumerate(self.atrous_rates, start=1):
       branches.append(SplitSeparableConv(
           ASPP_CHANNELS, dilation=rate, depthwise_implementation=self.depthwise_implementation,
-          dtype=self.dtype, name=f"aspp{index}")(x, train))
+          bn_options=self.bn_options, dtype=self.dtype, name=f"aspp{index}")(x, train))
     x = jnp.concatenate(branches, axis=-1)
     x = ConvBN(ASPP_CHANNELS, 1, name="concat_projection", **common)(x, train)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -86,12 +91,14 @@ class DeepLabHead(nn.Module):
 class DeepLabDecoder(nn.Module):
   """DeepLabv3+ decoder: 1x1 48 on the low-level feature, concat, two separable 256 convs."""
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, low_level: Array, train: bool = False) -> Array:
     low_level = ConvBN(DECODER_PROJECTION_CHANNELS, 1, bn_epsilon=HEAD_BN_EPSILON,
-                       bn_momentum=HEAD_BN_MOMENTUM, dtype=self.dtype,
+                       bn_momentum=HEAD_BN_MOMENTUM, bn_options=self.bn_options,
+                       dtype=self.dtype,
                        name="feature_projection0")(low_level, train)
     x = resize_bilinear(x, *low_level.shape[1:3])
     # TF order: [head output, projected low-level feature].
@@ -99,7 +106,8 @@ class DeepLabDecoder(nn.Module):
     for index in range(2):
       x = SplitSeparableConv(
           DECODER_CHANNELS, depthwise_implementation=self.depthwise_implementation,
-          dtype=self.dtype, name=f"decoder_conv{index}")(x, train)
+          bn_options=self.bn_options, dtype=self.dtype,
+          name=f"decoder_conv{index}")(x, train)
     return x
 
 
@@ -126,6 +134,7 @@ class DeepLab(nn.Module):
   num_classes: int = 1
   dropout_rate: float = 0.1
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -161,10 +170,11 @@ class DeepLab(nn.Module):
     features = self.encoder(x, train)
     high_level = features[max(features)]
     y = DeepLabHead(self.resolved_atrous_rates, dropout_rate=self.dropout_rate,
-                    depthwise_implementation=self.depthwise_implementation, dtype=self.dtype,
-                    name="head")(high_level, train)
+                    depthwise_implementation=self.depthwise_implementation,
+                    bn_options=self.bn_options, dtype=self.dtype, name="head")(high_level, train)
     if self.decoder:
-      y = DeepLabDecoder(self.depthwise_implementation, dtype=self.dtype, name="decoder")(
+      y = DeepLabDecoder(self.depthwise_implementation, bn_options=self.bn_options,
+                         dtype=self.dtype, name="decoder")(
           y, features[self.low_level_stride], train)
     y = nn.Conv(self.num_classes, (1, 1), use_bias=True, dtype=self.dtype,
                 param_dtype=jnp.float32, name="logits")(y)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import check_input_size
+from lesion_jax.models.layers import BatchNormOptions, check_input_size
 
 Array = jax.Array
 
@@ -36,6 +36,7 @@ class ConvUnit(nn.Module):
   """3x3 'same' conv -> (optional BN) -> ReLU. With BN the conv has no bias (BN's offset is one)."""
   features: int
   batch_norm: bool = False
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -43,8 +44,11 @@ class ConvUnit(nn.Module):
     x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
                 dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, param_dtype=jnp.float32,
-                       name="bn")(x)
+      momentum = self.bn_options.momentum
+      x = nn.BatchNorm(use_running_average=not train,
+                       momentum=0.99 if momentum is None else momentum,
+                       axis_name=self.bn_options.axis_name, dtype=self.dtype,
+                       param_dtype=jnp.float32, name="bn")(x)
     return nn.relu(x)
 
 
@@ -53,13 +57,14 @@ class ConvBlock(nn.Module):
   features: int
   dropout_rate: float = 0.2
   batch_norm: bool = False
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = ConvUnit(self.features, self.batch_norm, self.dtype, name="conv1")(x, train)
+    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv1")(x, train)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return ConvUnit(self.features, self.batch_norm, self.dtype, name="conv2")(x, train)
+    return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv2")(x, train)
 
 
 class RecurrentUnit(nn.Module):
@@ -68,15 +73,16 @@ class RecurrentUnit(nn.Module):
   recurrent_t: int = 2
   share_weights: bool = False
   batch_norm: bool = False
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if self.share_weights:
-      shared = ConvUnit(self.features, self.batch_norm, self.dtype, name="conv")
+      shared = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv")
       convs = [shared] * (self.recurrent_t + 1)
     else:
-      convs = [ConvUnit(self.features, self.batch_norm, self.dtype, name=f"conv{i + 1}")
+      convs = [ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name=f"conv{i + 1}")
                for i in range(self.recurrent_t + 1)]
     x1 = convs[0](x, train)
     for conv in convs[1:]:
@@ -95,6 +101,7 @@ class RecurrentResidualBlock(nn.Module):
   share_weights: bool = False
   dropout_rate: float = 0.0
   batch_norm: bool = False
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -107,7 +114,7 @@ class RecurrentResidualBlock(nn.Module):
       if index and self.dropout_rate:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = RecurrentUnit(self.features, self.recurrent_t, self.share_weights, self.batch_norm,
-                        self.dtype, name=f"recurrent{index + 1}")(x, train)
+                        self.bn_options, self.dtype, name=f"recurrent{index + 1}")(x, train)
     return x + shortcut
 
 
@@ -143,6 +150,7 @@ class UNet(nn.Module):
     recurrent_units, recurrent_t: R2 block shape (2 units of t+1 = 3 convs).
     share_recurrent_weights: one conv per recurrent unit instead of t+1.
     num_classes: logit channels.
+    bn_options: BatchNorm momentum / pmap axis overrides (used when batch_norm is on).
     dtype: compute dtype (params float32, logits returned as float32).
   """
   ifc: int = 32
@@ -154,6 +162,7 @@ class UNet(nn.Module):
   recurrent_t: int = 2
   share_recurrent_weights: bool = False
   num_classes: int = 1
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -177,10 +186,11 @@ class UNet(nn.Module):
 
   def _block(self, features: int, name: str) -> nn.Module:
     if self.block == "conv":
-      return ConvBlock(features, self.dropout_rate, self.batch_norm, self.dtype, name=name)
+      return ConvBlock(features, self.dropout_rate, self.batch_norm, self.bn_options, self.dtype,
+                       name=name)
     return RecurrentResidualBlock(features, self.recurrent_units, self.recurrent_t,
                                   self.share_recurrent_weights, self.dropout_rate,
-                                  self.batch_norm, self.dtype, name=name)
+                                  self.batch_norm, self.bn_options, self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import ConvBN, relu6
+from lesion_jax.models.layers import BatchNormOptions, ConvBN, relu6
 
 Array = jax.Array
 
@@ -98,11 +98,13 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   dilation: int = 1
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
-    common = dict(bn_epsilon=KERAS_BN_EPSILON, bn_momentum=KERAS_BN_MOMENTUM, dtype=self.dtype)
+    common = dict(bn_epsilon=KERAS_BN_EPSILON, bn_momentum=KERAS_BN_MOMENTUM,
+                  bn_options=self.bn_options, dtype=self.dtype)
     inputs = x
     if self.expand:
       x = ConvBN(self.expanded, 1, activation=relu6, name="expand", **common)(x, train)
@@ -129,6 +131,7 @@ class MobileNetV2Encoder(nn.Module):
   alpha: float = 1.0
   output_stride: int = 16
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -146,13 +149,14 @@ class MobileNetV2Encoder(nn.Module):
     stem, widths = block_widths(self.alpha)
     schedule = block_strides_and_rates(self.output_stride)
     x = ConvBN(stem, 3, strides=2, activation=relu6, bn_epsilon=KERAS_BN_EPSILON,
-               bn_momentum=KERAS_BN_MOMENTUM, dtype=self.dtype, name="Conv1")(x, train)
+               bn_momentum=KERAS_BN_MOMENTUM, bn_options=self.bn_options, dtype=self.dtype,
+               name="Conv1")(x, train)
     features = {}
     for index, ((expanded, out), (stride, rate)) in enumerate(zip(widths, schedule)):
       x, depthwise_output = InvertedResidual(
           expanded, out, expand=index > 0, strides=stride, dilation=rate,
-          depthwise_implementation=self.depthwise_implementation, dtype=self.dtype,
-          name=f"block_{index}")(x, train)
+          depthwise_implementation=self.depthwise_implementation, bn_options=self.bn_options,
+          dtype=self.dtype, name=f"block_{index}")(x, train)
       if index == LOW_LEVEL_BLOCK:
         features[4] = depthwise_output
     features[self.output_stride] = x

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import ConvBN, fixed_padding
+from lesion_jax.models.layers import BatchNormOptions, ConvBN, fixed_padding
 
 Array = jax.Array
 
@@ -61,6 +61,7 @@ class XceptionSeparableConv(nn.Module):
   dilation: int = 1
   relu_inside: bool = False
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -73,7 +74,8 @@ class XceptionSeparableConv(nn.Module):
     else:
       pad = fixed_padding(3, self.dilation)
       padding = (pad, pad)
-    common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, dtype=self.dtype)
+    common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, bn_options=self.bn_options,
+                  dtype=self.dtype)
     x = ConvBN(x.shape[-1], 3, strides=self.strides, dilation=self.dilation, padding=padding,
                activation=activation, depthwise=True,
                depthwise_implementation=self.depthwise_implementation, name="depthwise",
@@ -92,6 +94,7 @@ class XceptionModule(nn.Module):
   dilation: int = 1
   relu_inside: bool = False
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -102,13 +105,14 @@ class XceptionModule(nn.Module):
       x = XceptionSeparableConv(
           depth, strides=self.strides if index == 2 else 1, dilation=self.dilation,
           relu_inside=self.relu_inside, depthwise_implementation=self.depthwise_implementation,
-          dtype=self.dtype, name=f"separable_conv{index + 1}")(x, train)
+          bn_options=self.bn_options, dtype=self.dtype,
+          name=f"separable_conv{index + 1}")(x, train)
       if index == 1:
         second = x
     if self.shortcut == "conv":
       x = x + ConvBN(self.depths[-1], 1, strides=self.strides, activation=None,
-                     bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, dtype=self.dtype,
-                     name="shortcut")(inputs, train)
+                     bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM,
+                     bn_options=self.bn_options, dtype=self.dtype, name="shortcut")(inputs, train)
     elif self.shortcut == "sum":
       x = x + inputs
     elif self.shortcut != "none":
@@ -128,6 +132,7 @@ class Xception65Encoder(nn.Module):
   output_stride: int = 16
   middle_flow_units: int = MIDDLE_FLOW_UNITS
   depthwise_implementation: str = "auto"
+  bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -144,7 +149,8 @@ class Xception65Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[int, Array]:
-    common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, dtype=self.dtype)
+    common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, bn_options=self.bn_options,
+                  dtype=self.dtype)
     pad = fixed_padding(3)
     x = ConvBN(32, 3, strides=2, padding=(pad, pad), name="entry_flow_conv1_1", **common)(x, train)
     x = ConvBN(64, 3, name="entry_flow_conv1_2", **common)(x, train)
@@ -153,8 +159,8 @@ class Xception65Encoder(nn.Module):
         self.output_stride, self.middle_flow_units):
       x, second = XceptionModule(
           depths, shortcut=shortcut, strides=stride, dilation=rate, relu_inside=relu_inside,
-          depthwise_implementation=self.depthwise_implementation, dtype=self.dtype,
-          name=name)(x, train)
+          depthwise_implementation=self.depthwise_implementation, bn_options=self.bn_options,
+          dtype=self.dtype, name=name)(x, train)
       if name == "entry_flow_block2":
         features[4] = second
     features[self.output_stride] = x
