@@ -1,6 +1,14 @@
 """Shared test fixtures: a tiny end-to-end config and a session-wide tfds data dir."""
 import os
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Many tests (and their subprocesses, which inherit the environment) compile the same tiny
+# training step; XLA's persistent cache turns every compile after the first into a disk read.
+# Set before anything imports jax, which reads these variables once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import pytest
 
 from lesion_jax.config import base_config
