@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm running-average momentum; None keeps the architecture's (Keras 0.999, TF 0.9997),
   # right for the paper's long runs. Runs of a few hundred steps need ~0.99.
   config.model.bn_momentum = config_dict.placeholder(float)
+  # Pretrained weights ("PreT" in Table 2) as 'KIND:PATH': 'keras_mobilenet_v2:<file.h5>' or
+  # 'deeplab_zoo:<model.ckpt-N>' (Pascal VOC / Cityscapes). `dont_load` applies here too.
+  config.model.init_from = config_dict.placeholder(str)
 
   # One of: ce, dice, jaccard, ce_log_jaccard, ce_log_dice (paper, "Model Optimization").
   config.loss = "dice"
@@ -188,6 +191,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
     raise ValueError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
+  if config.model.init_from:
+    from lesion_jax import transfer
+    transfer.parse_pretrained(config.model.init_from)
   if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
     raise FileNotFoundError(f"config.init_from={config.init_from!r}: no such run folder")
   # Building the module is cheap (no parameters yet) and checks the model's own arguments.
@@ -206,7 +212,7 @@ def model_kwargs(config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
   takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
   kwargs, ignored = {}, []
   for key, value in config.model.items():
-    if key == "name" or value is None:
+    if key in ("name", "init_from") or value is None:
       continue
     if takes_any or key in accepted:
       kwargs[key] = value

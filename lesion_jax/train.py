@@ -36,7 +36,7 @@ from lesion_jax.data import pipeline
 # Files a run writes in its workdir; `--overwrite` removes exactly these and nothing else.
 RUN_OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "results.json", "results.md",
                "overlays", "tensorboard", "threshold_curve.json", "threshold_curve.png",
-               "per_image.csv")
+               "per_image.csv", "training_curves.png")
 
 
 class TrainState(train_state.TrainState):
@@ -337,6 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "should_stop": False, "train_seconds": 0.0, "images_per_second": 0.0}
   start_step = 0
   init_from = None
+  if config.model.init_from and checkpoints.latest_step() is None:
+    state = _init_from_pretrained(state, config)
   if config.init_from and checkpoints.latest_step() is None:
     state, init_from = _init_from_run(state, config)
   if checkpoints.latest_step() is not None:
@@ -476,7 +478,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "model": {"name": config.model.name, "params": int(num_params)},
       "loss": config.loss,
       "threshold": float(threshold),
-      "validation": {"ja": float(ja_curve[t_index]), "ja_at_0.5": float(ja_curve[0]),
+      # All six metrics at T on validation: the paper's Table 2 reports these.
+      "validation": {**metrics_lib.macro_average(validation_eval.counts[:, t_index]),
+                     "ja": float(ja_curve[t_index]), "ja_at_0.5": float(ja_curve[0]),
                      "n_images": int(len(validation_eval.counts))},
       "test": test_results,
       "best_step": int(best_meta["step"]),
@@ -502,6 +506,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.close()
   parallel.sync_hosts("run-finished")
   return results
+
+
+def _init_from_pretrained(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+  """The fresh state with published pretrained weights (Keras ImageNet, DeepLab model zoo)."""
+  fresh = {"params": state.params, "batch_stats": state.batch_stats}
+  loaded = transfer.load_pretrained(transfer.to_host(fresh), config.model.init_from,
+                                    config.dont_load)
+  logging.info("Initialised from pretrained weights %s", config.model.init_from)
+  return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}))
 
 
 def _init_from_run(state: TrainState, config: ml_collections.ConfigDict):

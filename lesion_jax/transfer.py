@@ -10,6 +10,11 @@ start from their fresh initialisation instead; `config.frozen` lists those whose
 not change (their updates are zeroed through an optax mask). Paths join the nested keys with '/',
 starting with the collection: `params/encoder/Conv1/kernel`, `batch_stats/...`.
 
+Pretrained weights from outside this codebase (the paper's "PreT" column) come in through
+`config.model.init_from = "KIND:PATH"`: `keras_mobilenet_v2:<file.h5>` (Keras ImageNet weights into
+the MobileNetV2 encoder) or `deeplab_zoo:<model.ckpt-N>` (a TF DeepLab model-zoo checkpoint, Pascal
+VOC or Cityscapes, into the whole network; the logits are skipped when the class count differs).
+
 Every mismatch is an error that lists the names, never a silent partial load (as big_vision does).
 """
 from __future__ import annotations
@@ -21,6 +26,47 @@ import jax
 import numpy as np
 import optax
 from flax import traverse_util
+
+from lesion_jax.registry import Registry
+
+# KIND -> loader(variables, path, dont_load) -> (variables, report), for config.model.init_from.
+PRETRAINED_KINDS: Registry = Registry("pretrained weights kind")
+
+
+@PRETRAINED_KINDS.register("keras_mobilenet_v2")
+def _keras_mobilenet_v2(variables, path, dont_load):
+  from lesion_jax.models import pretrained
+  return pretrained.load_keras_mobilenet_v2(variables, path, dont_load=dont_load)
+
+
+@PRETRAINED_KINDS.register("deeplab_zoo")
+def _deeplab_zoo(variables, path, dont_load):
+  from lesion_jax.models import pretrained
+  return pretrained.load_deeplab_checkpoint(variables, path, dont_load=dont_load)
+
+
+def parse_pretrained(spec: str) -> tuple[str, str]:
+  """'KIND:PATH' -> (kind, path), checking the kind and that the path exists."""
+  import os
+  kind, sep, path = spec.partition(":")
+  if not sep or not path:
+    raise ValueError(f"config.model.init_from={spec!r}: expected 'KIND:PATH' with KIND one of "
+                     f"{PRETRAINED_KINDS.names()}")
+  PRETRAINED_KINDS.get(kind, where="config.model.init_from")
+  path = os.path.expanduser(path)
+  # A TF1 checkpoint is a prefix: model.ckpt-N names model.ckpt-N.index and .data-* files.
+  if not (os.path.exists(path) or os.path.exists(path + ".index")):
+    raise FileNotFoundError(f"config.model.init_from: {path!r} does not exist (nor "
+                            f"{path + '.index'!r} for a TF1 checkpoint prefix)")
+  return kind, path
+
+
+def load_pretrained(variables: Mapping[str, Any], spec: str,
+                    dont_load: Iterable[str] = ()) -> dict:
+  """`variables` with the pretrained weights named by `spec` ('KIND:PATH') loaded into them."""
+  kind, path = parse_pretrained(spec)
+  loaded, _ = PRETRAINED_KINDS.get(kind)(dict(variables), path, tuple(dont_load))
+  return loaded
 
 
 def flatten(variables: Mapping[str, Any]) -> dict[str, Any]:

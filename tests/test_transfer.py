@@ -113,3 +113,43 @@ def test_init_from_missing_checkpoint_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
     checkpoint_lib.read_variables(str(tmp_path / "empty"))
   assert not (tmp_path / "empty" / "checkpoints").exists()  # reading created nothing
+
+
+def test_pretrained_spec_errors_name_the_kinds_and_path(tmp_path):
+  with pytest.raises(KeyError, match="deeplab_zoo, keras_mobilenet_v2"):
+    transfer.parse_pretrained("imagenet:/x")
+  with pytest.raises(ValueError, match="KIND:PATH"):
+    transfer.parse_pretrained("keras_mobilenet_v2")
+  with pytest.raises(FileNotFoundError, match="missing.h5"):
+    transfer.parse_pretrained(f"keras_mobilenet_v2:{tmp_path}/missing.h5")
+  (tmp_path / "model.ckpt-30000.index").write_text("")
+  assert transfer.parse_pretrained(f"deeplab_zoo:{tmp_path}/model.ckpt-30000") == (
+      "deeplab_zoo", f"{tmp_path}/model.ckpt-30000")
+
+
+@pytest.mark.slow
+def test_config_model_init_from_loads_pretrained_weights(data_dir, tmp_path):
+  """config.model.init_from reaches the loader of its kind with the model's variables."""
+  weights = tmp_path / "weights.h5"
+  weights.write_text("stand-in")
+  calls = []
+
+  def fake_loader(variables, path, dont_load):
+    calls.append((path, dont_load, sorted(variables)))
+    # Mark every kernel so the run's starting point is recognisable.
+    flat = transfer.flatten(variables)
+    return transfer.unflatten({k: np.full_like(v, 0.01) if k.endswith("kernel") else v
+                               for k, v in flat.items()}), None
+
+  transfer.PRETRAINED_KINDS.add("fake_for_test", fake_loader)
+  try:
+    config = tiny_config(data_dir, **{"training.num_epochs": 1, "optimizer.learning_rate": 0.0,
+                                      "optimizer.min_learning_rate": 0.0})
+    config.model.init_from = f"fake_for_test:{weights}"
+    config.dont_load = ("params/logits/.*",)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    transfer.PRETRAINED_KINDS._entries.pop("fake_for_test")
+  assert calls == [(str(weights), ("params/logits/.*",), ["batch_stats", "params"])]
+  params = transfer.flatten(runs.load_run(str(tmp_path / "run")).variables["params"])
+  assert all(np.all(v == np.float32(0.01)) for k, v in params.items() if k.endswith("kernel"))
