@@ -3,27 +3,29 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
-EXTRAS ?= dev
 PYTEST_ARGS ?=
+# The demo needs only the core packages; the tests also check the TensorFlow-based extras.
+TEST_EXTRAS := dev,pretrained,export
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall only when pyproject.toml changes or other extras are asked for.
-$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
-	rm -f $(VENV)/.installed-*
+# Each stamp records an install; it is redone when pyproject.toml changes.
+$(VENV)/.installed-core: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
 	touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	touch $@ $(VENV)/.installed-core
 
-demo: install
+demo: $(VENV)/.installed-core
 	$(PY) launch.py --config configs/quickstart.py --workdir $(WORKDIR)
 
-test: install
+test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-venv:

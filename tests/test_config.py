@@ -73,3 +73,49 @@ def test_launch_reports_a_bad_override_without_a_traceback_from_xla(tmp_path):
        "--workdir", str(tmp_path / "w"), "--config.trainig.num_epochs=3"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "trainig" in result.stderr
+
+
+def _parse_with_launch_flags(args):
+  """The config as launch.py's flags would resolve it (same config_flags definition)."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = ["launch.py", "--config", os.path.join(REPO, "configs", "quickstart.py")] + args
+  values = flags.FlagValues()
+  # config_flags reads the overrides from sys.argv unless given the argv explicitly.
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize("name,extra,params", [
+    ("unet", ["--config.model.ifc=16"], 1_962_625),
+    ("att_unet", ["--config.model.ifc=64"], 31_902_629),
+    ("r2_unet", ["--config.model.ifc=16"], 6_003_041),
+    ("att_r2_unet", ["--config.model.ifc=64"], 96_509_733),
+    ("deeplabv3plus_xception65", ["--config.model.output_stride=8"], 41_050_273),
+    ("deeplab_mobilenetv2", ["--config.model.alpha=1.0"], 2_108_417),
+])
+def test_every_registry_name_is_reachable_by_override(name, extra, params):
+  from lesion_jax import models
+  config = _parse_with_launch_flags([f"--config.model.name={name}"] + extra)
+  config_lib.validate(config)
+  model = config_lib.models_from_config(config)
+  assert models.count_params(model) == params
+
+
+@pytest.mark.slow
+def test_launch_trains_a_unet_through_overrides(tmp_path, data_dir):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config", "configs/quickstart.py",
+       "--workdir", str(tmp_path / "unet"), "--config.model.name=unet",
+       "--config.model.ifc=16", "--config.loss=jaccard", f"--config.data.data_dir={data_dir}",
+       "--config.data.synthetic.num_images=40", "--config.data.synthetic.image_size=48",
+       "--config.data.image_size=32", "--config.training.num_epochs=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  import json
+  results = json.loads((tmp_path / "unet" / "results.json").read_text())
+  assert results["model"] == {"name": "unet", "params": 1_962_625}
+  assert results["loss"] == "jaccard"
+  assert "config.model.alpha=0.35 is ignored" in result.stderr
