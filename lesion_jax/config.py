@@ -14,7 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 # Config keys whose children are free-form (a mapping the user fills), so the schema check skips them.
-FREE_FORM_KEYS = ("data.manual_dirs", "data.options")
+FREE_FORM_KEYS = ("data.options",)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.rotate = True
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
   config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
-  config.data.manual_dirs = ml_collections.ConfigDict()  # {dataset name: archive folder}
+  # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
+  config.data.manual_dirs = ml_collections.ConfigDict(
+      {name: config_dict.placeholder(str) for name in ("isic", "ph2", "dermofit", "smartskins")})
   config.data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
   # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
   # so training does not decode large JPEGs every epoch. None: native resolution.
@@ -69,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.training = ml_collections.ConfigDict()
   config.training.num_epochs = 100
+  config.training.max_steps = config_dict.placeholder(int)  # cap on steps (smoke tests); None: epochs
   config.training.patience = 10  # early stopping: evaluations without a better validation JA
   config.training.log_every_steps = 20
   config.training.eval_every_epochs = 1
@@ -155,11 +158,12 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
 def dataset_names(names, key: str) -> tuple[str, ...]:
   """A config value holding dataset names as a tuple (a single string is one name)."""
   if isinstance(names, str):
-    names = tuple(n for n in names.replace("+", ",").split(",") if n)
-  names = tuple(names)
+    names = (names,)
   if not all(isinstance(n, str) for n in names):
     raise ValueError(f"config.{key} must list dataset names, got {names!r}")
-  return names
+  # The command line gives "isic,ph2" (or "isic+ph2") as one string.
+  return tuple(part.strip() for n in names for part in n.replace("+", ",").split(",")
+               if part.strip())
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

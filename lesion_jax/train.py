@@ -322,6 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"{datasets.train_size} training images are fewer than one global batch "
                      f"of {global_batch}; lower config.batch_size_per_device")
   total_steps = config.training.num_epochs * steps_per_epoch
+  if config.training.max_steps:
+    total_steps = min(total_steps, config.training.max_steps)
   eval_every = config.training.eval_every_epochs * steps_per_epoch
   schedule = optim.sgdr_schedule(total_steps, steps_per_epoch, config.optimizer)
   tx = transfer.freeze(optim.adam(schedule), config.frozen)
