@@ -60,13 +60,39 @@ def unreplicate(tree: Any) -> Any:
   return jax.device_get(jax_utils.unreplicate(tree))
 
 
+def mapped_devices(devices: Sequence[jax.Device]) -> list[jax.Device]:
+  """The devices a pmap spans: `devices` here, and as many local devices on every process.
+
+  pmap's `devices` must name the same global list on every process; given only this host's
+  devices, each host would average its gradients alone and the replicas would drift apart.
+  """
+  devices = list(devices)
+  if jax.process_count() == 1:
+    return devices
+  if devices != jax.local_devices()[:len(devices)]:
+    raise ValueError("with several processes, pmap over the first N local devices of each "
+                     f"(parallel.local_devices); got {devices}")
+  return [d for p in range(jax.process_count())
+          for d in jax.local_devices(process_index=p)[:len(devices)]]
+
+
 def pmap_train_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
   """pmaps `step(state, batch) -> (state, metrics)`, donating the state to halve its memory."""
-  return jax.pmap(step, axis_name=AXIS_NAME, devices=devices, donate_argnums=(0,))
+  return jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices),
+                  donate_argnums=(0,))
 
 
 def pmap_eval_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
-  return jax.pmap(step, axis_name=AXIS_NAME, devices=devices)
+  return jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices))
+
+
+def pmap_local_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
+  """pmaps a step without collectives over this host's devices only.
+
+  One process may run it alone (e.g. the main process drawing predictions for a report), where
+  a step mapped over every host would wait for the others forever.
+  """
+  return jax.pmap(step, axis_name=AXIS_NAME, devices=list(devices))
 
 
 def shard(array: np.ndarray, num_devices: int) -> np.ndarray:
@@ -163,8 +189,8 @@ def assert_replicas_equal(tree: Any) -> None:
 
 
 __all__ = [
-    "AXIS_NAME", "local_devices", "cross_replica_mean", "cross_replica_sum", "replica_index",
-    "replicate", "unreplicate", "pmap_train_step", "pmap_eval_step", "shard",
-    "prefetch_to_devices", "to_host", "initialize_distributed", "process_index",
-    "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
+    "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "cross_replica_sum",
+    "replica_index", "replicate", "unreplicate", "pmap_train_step", "pmap_eval_step",
+    "pmap_local_step", "shard", "prefetch_to_devices", "to_host", "initialize_distributed",
+    "process_index", "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
 ]
