@@ -146,3 +146,17 @@ def test_evaluation_shards_by_process_with_equal_batch_counts():
 def test_bad_image_size_is_rejected():
   with pytest.raises(ValueError, match="image_size"):
     pipeline.Preprocess(image_size=4)
+
+
+def test_process_shards_together_are_the_single_process_global_batch():
+  """Two processes x 1 device see, augmentation included, what one process x 2 devices sees."""
+  source = fake_source(12, 8, 8)
+  prep = pipeline.Preprocess(8, flip=True, rotate=True)
+  single = pipeline.training_batches([source], prep, seed=5, batch_size_per_device=2,
+                                     num_devices=2)
+  shards = [pipeline.training_batches([source], prep, seed=5, batch_size_per_device=2,
+                                      num_devices=1, process_index=p, process_count=2)
+            for p in range(2)]
+  for k in range(8):  # across the epoch boundary too
+    joined = np.concatenate([shards[0][k]["image"], shards[1][k]["image"]], axis=0)
+    np.testing.assert_array_equal(joined, single[k]["image"])

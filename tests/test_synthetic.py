@@ -159,7 +159,27 @@ def test_builder_splits_stratified_array_record_without_tensorflow(prepared):
     share = expected.count(label) / 20
     for name, size in (("train", 14), ("validation", 2), ("test", 4)):
       assert abs(labels[name].count(label) - share * size) < 1 + 1e-9, (name, label)
-  assert "tensorflow" not in sys.modules
+
+
+def test_preparing_and_reading_never_import_tensorflow(tmp_path):
+  """In a fresh interpreter (other tests import TensorFlow for the export and weight imports):
+  preparing the dataset, reading it and building a training batch leave TensorFlow unloaded,
+  even where it is installed."""
+  import subprocess
+  script = (
+      "import sys\n"
+      "from lesion_jax.data import get_builder\n"
+      "from lesion_jax.data import pipeline\n"
+      f"b = get_builder('synthetic_lesions/dermoscopic', data_dir={str(tmp_path)!r},\n"
+      "                options=dict(num_images=12, image_size=32, seed=0))\n"
+      "ds = pipeline.training_batches([b.as_data_source('train')], pipeline.Preprocess(32),\n"
+      "                               seed=0, batch_size_per_device=2, num_devices=1)\n"
+      "assert ds[0]['image'].shape == (1, 2, 32, 32, 3)\n"
+      "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_ABSENT')\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "TF_ABSENT" in result.stdout
 
 
 def test_builder_examples_match_the_generator(prepared):

@@ -94,19 +94,28 @@ def training_batches(sources: Sequence[Any], preprocess: Preprocess, *, seed: in
 
   Several sources (a mixture such as the paper's set D = ISIC + PH2) are concatenated and
   shuffled together, so each database is drawn in proportion to its size. Every epoch is a new
-  permutation. Each process takes every `process_count`-th example, from `process_index` on.
+  permutation. Each process takes its contiguous share of every global batch.
   Element k is the k-th batch: {'image': (devices, per_device, S, S, 3), 'mask': (..., 1)}.
   """
   dataset = grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in sources])
   dataset = dataset.shuffle(seed=seed).repeat()
-  if process_count > 1:
-    dataset = dataset[process_index::process_count]
 
   def transform(example, rng: np.random.Generator):
     return prepare_example(example, preprocess, rng)
 
+  # Augmentation draws depend on the global position only, and each process takes a contiguous
+  # slice of every global batch: process p's devices see exactly what devices
+  # [p * num_devices, (p + 1) * num_devices) would see in a one-process run of the same global
+  # batch, so a multi-host run trains like a single-host one with as many devices.
   dataset = dataset.random_map(transform, seed=seed + 1)
   local_batch = batch_size_per_device * num_devices
+  if process_count > 1:
+    global_batch = local_batch * process_count
+    examples = dataset
+    positions = grain.MapDataset.range(0, 2**62).map(
+        lambda i: (i // local_batch) * global_batch + process_index * local_batch
+        + i % local_batch)
+    dataset = positions.map(lambda position: examples[position])
   return dataset.batch(local_batch, drop_remainder=True,
                        batch_fn=lambda examples: _stack_for_devices(examples, num_devices))
 
