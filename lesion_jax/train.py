@@ -221,13 +221,16 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: 
       json.dump(_config_json(config), f, indent=2, sort_keys=True)
 
 
+_ABSENT = object()  # a key one config has and the other lacks (not the same as None)
+
+
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     keys = set()
     for k in set(a) | set(b):
-      keys |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+      keys |= _diff_keys(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
     return keys
-  return set() if a == b else {prefix.rstrip(".")}
+  return set() if a is b or a == b else {prefix.rstrip(".")}
 
 
 @dataclasses.dataclass

@@ -25,8 +25,7 @@ pytestmark = pytest.mark.slow
 # then spread around a chosen threshold above 0.5 and the masks hold both classes.
 # tests/test_export.py trains the same run in the same place: whichever runs second finds it
 # finished, and train_and_evaluate returns its results without training again.
-RUN_CHANGES = {"training.num_epochs": 2, "optimizer.learning_rate": 1e-2,
-               "model.bn_momentum": 0.8}
+RUN_CHANGES = {}  # tiny_config's own settings (2 epochs, lr 1e-2, BN momentum 0.8)
 
 
 @pytest.fixture(scope="module")

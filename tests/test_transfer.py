@@ -47,10 +47,16 @@ def test_freeze_zeroes_updates_of_frozen_parameters():
   assert np.all(np.asarray(updates["head"]["w"]) != 0)
 
 
+@pytest.fixture(scope="module")
+def source_dir(data_dir, tmp_path_factory):
+  """A finished tiny run (the same compiled step as the other tiny runs)."""
+  workdir = str(tmp_path_factory.mktemp("transfer") / "source")
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir
+
+
 @pytest.mark.slow
-def test_init_from_run(data_dir, tmp_path):
-  source_dir = str(tmp_path / "source")
-  train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": 1}), source_dir)
+def test_init_from_run(data_dir, tmp_path, source_dir):
   source = runs.load_run(source_dir)
 
   # A fine-tuning run on the other domain: two epochs, head fresh, first conv frozen.
@@ -99,9 +105,7 @@ def test_init_from_run(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_shape_mismatch_names_the_parameter(data_dir, tmp_path):
-  source_dir = str(tmp_path / "source")
-  train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": 1}), source_dir)
+def test_init_from_shape_mismatch_names_the_parameter(data_dir, tmp_path, source_dir):
   config = tiny_config(data_dir, **{"training.num_epochs": 1, "model.alpha": 0.5})
   config.init_from = source_dir
   with pytest.raises(ValueError, match="(?s)shape mismatch:.*params/.*kernel: model"):
@@ -142,14 +146,23 @@ def test_config_model_init_from_loads_pretrained_weights(data_dir, tmp_path):
                                for k, v in flat.items()}), None
 
   transfer.PRETRAINED_KINDS.add("fake_for_test", fake_loader)
+  started = {}
+  real_init = train._init_from_pretrained
+
+  def spy(state, cfg):
+    new_state = real_init(state, cfg)
+    started.update(transfer.flatten(transfer.to_host({"params": new_state.params})))
+    return new_state
+
+  train._init_from_pretrained = spy
   try:
-    config = tiny_config(data_dir, **{"training.num_epochs": 1, "optimizer.learning_rate": 0.0,
-                                      "optimizer.min_learning_rate": 0.0})
+    config = tiny_config(data_dir)  # init_from is not part of the compiled step: cache hit
     config.model.init_from = f"fake_for_test:{weights}"
     config.dont_load = ("params/logits/.*",)
     train.train_and_evaluate(config, str(tmp_path / "run"))
   finally:
+    train._init_from_pretrained = real_init
     transfer.PRETRAINED_KINDS._entries.pop("fake_for_test")
   assert calls == [(str(weights), ("params/logits/.*",), ["batch_stats", "params"])]
-  params = transfer.flatten(runs.load_run(str(tmp_path / "run")).variables["params"])
-  assert all(np.all(v == np.float32(0.01)) for k, v in params.items() if k.endswith("kernel"))
+  kernels = {k: v for k, v in started.items() if k.endswith("kernel")}
+  assert kernels and all(np.all(v == np.float32(0.01)) for v in kernels.values())

@@ -1,0 +1,61 @@
+"""A real-data stand-in for Exp 1: the reduced Mobile DeepLab trained on ISIC 2017, tested on PH2.
+
+  python launch.py --config configs/paper/exp1_real_isic2017_ph2.py --workdir runs/exp1_real
+  python launch.py --config configs/paper/exp1_real_isic2017_ph2.py:smoke \
+      --workdir runs/exp1_real_smoke
+  python launch.py --config configs/paper/exp1_real_isic2017_ph2.py:runlocal \
+      --workdir runs/exp1_real_local
+
+Substitution: set M (Dermofit, SMARTSKINS) is licensed and not in this repository's shared data,
+so this config runs the Exp 1 pipeline on the real databases that are: the ISIC 2017 training and
+validation archives stand in for the training set (2150 images pooled, 10% of them validation,
+where the threshold is chosen), and PH2 stands in for the test database (its 40-image test
+split, stratified by diagnosis). Same model, loss and protocol as exp1_mobile_deeplab.py (the
+paper's section 2.2) at 256x256, the size of the shared ISIC copies (256x192), instead of 512.
+
+Data ($LESION_JAX_REAL_DATA, default ../shared/data):
+- isic2017/: the official ISIC-2017_{Training,Validation}_{Data,Part1_GroundTruth}.zip and
+  Part3 CSVs, read in place (no ISIC 2017 test archives: the isic test split is empty).
+- PH2 in its official release layout (PH2Dataset/PH2 Dataset images/IMDxxx/...), at
+  $LESION_JAX_PH2_RELEASE (default $LESION_JAX_REAL_DATA/ph2). The shared copy is flattened
+  (images/IMDxxx.jpg, masks/IMDxxx_lesion.png), so rebuild the release layout once first, e.g.
+  with the helper of tests/test_builders_real_data.py:
+    LESION_JAX_REAL_DATA=../shared/data .venv/bin/python -c "import sys; sys.path[:0] = ['tests'];
+      from pathlib import Path; from test_builders_real_data import write_ph2_release;
+      write_ph2_release(Path('../shared/data/ph2'), Path('runs/ph2_release'))"
+    export LESION_JAX_PH2_RELEASE=runs/ph2_release
+Variants: `smoke` is the same real data at 64x64 for one epoch (checks the data path in minutes);
+`runlocal` swaps both databases for synthetic_lesions/dermoscopic (no real data needed).
+
+Paper: no number applies directly (it trains on set M and tests on Dermofit and SMARTSKINS:
+Table 3, Exp 1, TJA 72.97 and 78.51). This run measures how the same recipe transfers across two
+dermoscopic databases; record its test TJA/JA here once run: PH2 test TJA ____, JA ____.
+"""
+import os
+
+from configs.paper import common
+
+REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
+PH2_RELEASE_ENV = "LESION_JAX_PH2_RELEASE"
+
+
+def get_config(arg: str | None = None):
+  variant = common.parse_arg(arg, allowed=("runlocal", "smoke"))
+  config = common.paper_config("deeplab_mobilenetv2", "dice", alpha=0.35, output_stride=16)
+  config.data.train = ("isic",)
+  config.data.test = ("ph2",)
+  root = os.path.expanduser(os.environ.get(REAL_DATA_ENV, "../shared/data"))
+  config.data.manual_dirs.isic = os.path.join(root, "isic2017")
+  config.data.manual_dirs.ph2 = os.path.expanduser(
+      os.environ.get(PH2_RELEASE_ENV, os.path.join(root, "ph2")))
+  config.data.image_size = 256
+  config.data.stored_size = 256
+  if variant == "runlocal":
+    config = common.runlocal(config)
+  elif variant == "smoke":
+    config.data.image_size = 64
+    config.data.stored_size = 64
+    config.training.num_epochs = 1
+    config.training.log_every_steps = 20
+    config.model.bn_momentum = 0.99
+  return config
