@@ -23,6 +23,7 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed-core
 
 demo: $(VENV)/.installed-core
+	mkdir -p $(dir $(WORKDIR))
 	$(PY) launch.py --config configs/quickstart.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed-test

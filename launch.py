@@ -6,6 +6,9 @@
 Flags only: everything an experiment needs is in its config; the work is done by
 `lesion_jax.experiment.run`.
 """
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -23,14 +26,27 @@ flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.mark_flags_as_required(["config"])
 
 
+# Errors that describe bad input (a config value, a path, a workdir holding another run, a NaN
+# loss): the message says what was wrong and what was expected, so it is printed without a
+# traceback. LESION_JAX_TRACEBACK=1 shows the traceback too.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  experiment.run(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite,
-                 overrides=config_flags.get_override_values(FLAGS["config"]),
-                 config_path=config_flags.get_config_filename(FLAGS["config"]),
-                 coordinator_address=FLAGS.coordinator_address,
-                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  try:
+    experiment.run(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite,
+                   overrides=config_flags.get_override_values(FLAGS["config"]),
+                   config_path=config_flags.get_config_filename(FLAGS["config"]),
+                   coordinator_address=FLAGS.coordinator_address,
+                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  except USER_ERRORS as error:
+    if os.environ.get("LESION_JAX_TRACEBACK"):
+      raise
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

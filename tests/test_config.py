@@ -119,3 +119,13 @@ def test_launch_trains_a_unet_through_overrides(tmp_path, data_dir):
   assert results["model"] == {"name": "unet", "params": 1_962_625}
   assert results["loss"] == "jaccard"
   assert "config.model.alpha=0.35 is ignored" in result.stderr
+
+
+def test_launch_prints_bad_input_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config", "configs/quickstart.py",
+       "--workdir", str(tmp_path / "missing_parent" / "run")],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "error: --workdir" in result.stderr and "missing_parent" in result.stderr
+  assert "Traceback" not in result.stderr
