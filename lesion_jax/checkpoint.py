@@ -61,44 +61,43 @@ class RunCheckpoints:
 
   def restore_latest(self, target: dict, step: int | None = None) -> tuple[dict, dict]:
     step = self.latest.latest_step() if step is None else step
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_to_numpy(target)), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    return _restore(self.latest, step, target)
 
   def restore_best(self, target: dict) -> tuple[dict, dict]:
     step = self.best.latest_step()
     if step is None:
       raise FileNotFoundError("no best checkpoint in this workdir yet")
-    restored = self.best.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_to_numpy(target)), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    return _restore(self.best, step, target)
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
 
 
+def _restore(manager: ocp.CheckpointManager, step: int, target: dict | None):
+  """(state, meta) at `step`; with a `target`, the state takes its structure and dtypes."""
+  state_args = (ocp.args.PyTreeRestore() if target is None
+                else ocp.args.StandardRestore(_to_numpy(target)))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=state_args, meta=ocp.args.JsonRestore()))
+  return restored["state"], restored["meta"]
+
+
 def restore_variables(workdir: str, target: dict, step: int | None = None) -> tuple[dict, dict]:
   """{'params', 'batch_stats'} of a finished or running run: its best checkpoint, or `step`.
 
-  Used for evaluation, export and `init_from` transfer. A step refers to the latest/ checkpoints.
+  Used for evaluation, export and prediction. A step refers to the latest/ checkpoints.
   """
+  if step is not None:
+    variables, meta = read_variables(workdir, step)
+    return {k: variables[k] for k in target}, meta
   checkpoints = RunCheckpoints(workdir, read_only=True)
   try:
-    if step is None:
-      if checkpoints.best_step() is None:
-        raise FileNotFoundError(
-            f"{workdir!r} holds no checkpoint (expected {workdir}/checkpoints/best/<step>); "
-            "train a run there first")
-      return checkpoints.restore_best(target)
-    available = checkpoints.latest.all_steps()
-    if step not in available:
-      raise FileNotFoundError(f"{workdir!r} has no checkpoint at step {step}; "
-                              f"available steps: {sorted(available)}")
-    restored = checkpoints.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
-    state = restored["state"]
-    return {k: state[k] for k in target}, restored["meta"]
+    if checkpoints.best_step() is None:
+      raise FileNotFoundError(
+          f"{workdir!r} holds no checkpoint (expected {workdir}/checkpoints/best/<step>); "
+          "train a run there first")
+    return checkpoints.restore_best(target)
   finally:
     checkpoints.close()
 
@@ -111,14 +110,13 @@ def read_variables(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     manager = checkpoints.best if step is None else checkpoints.latest
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
-      where = "a best checkpoint" if manager is checkpoints.best else f"a checkpoint at step {step}"
+      where = "best checkpoint" if manager is checkpoints.best else f"checkpoint at step {step}"
       raise FileNotFoundError(
           f"{workdir!r} has no {where} (available steps: {sorted(checkpoints.latest.all_steps())})"
-          "; train that run first or fix config.init_from / config.init_step")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
-    state = _to_numpy(restored["state"])
+          "; train that run first, or choose an available step")
+    state, meta = _restore(manager, step, None)
+    state = _to_numpy(state)
     return ({"params": state["params"], "batch_stats": state.get("batch_stats") or {}},
-            dict(restored["meta"], step=int(step)))
+            dict(meta, step=int(step)))
   finally:
     checkpoints.close()

@@ -8,6 +8,7 @@ built or compiled.
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import ml_collections
@@ -205,14 +206,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_input_size(model, config.data.image_size, config.data.image_size)
 
 
+def _accepted_parameters(name: str):
+  from lesion_jax import models
+  return inspect.signature(models.MODELS.get(name, where="config.model.name")).parameters
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
   """The config.model entries the named model accepts, and the names of those it ignores."""
-  import inspect
-
-  from lesion_jax import models
-
-  factory = models.MODELS.get(config.model.name, where="config.model.name")
-  accepted = inspect.signature(factory).parameters
+  accepted = _accepted_parameters(config.model.name)
   takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
   kwargs, ignored = {}, []
   for key, value in config.model.items():
@@ -231,10 +232,8 @@ def model_kwargs(config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
 def models_from_config(config: ml_collections.ConfigDict, **extra):
   from lesion_jax import models
 
-  import inspect
-
   kwargs, _ = model_kwargs(config)
-  accepted = inspect.signature(models.MODELS.get(config.model.name)).parameters
+  accepted = _accepted_parameters(config.model.name)
   kwargs.update({k: v for k, v in extra.items() if k in accepted})
   return models.create_model(config.model.name, **kwargs)
 

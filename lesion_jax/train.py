@@ -434,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     and not stopper.has_improved)
           writer.write("validation", step, {"ja": val_ja, "loss": float(evaluation.loss.mean()),
                                             "best_ja": max(val_ja, loop["best_val_ja"])})
-          _log_predictions(writer, p_eval_predict(replicated, devices), validation,
+          _log_predictions(writer, host_predictor(replicated, devices), validation,
                            preprocess_eval, step, config.training.tensorboard_images)
           progress.set_postfix(val_ja=f"{val_ja:.3f}")
           if improved:
@@ -494,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    "images_per_second": float(loop["images_per_second"])},
   }
   if parallel.is_main_process():
-    predict = p_eval_predict(replicated, devices)
+    predict = host_predictor(replicated, devices)
     report.write_run_report(workdir, results, ja_curve=ja_curve,
                             thresholds=metrics_lib.THRESHOLDS)
     report.write_per_image(workdir, {
@@ -503,7 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for name, (evaluation, image_metrics) in per_image.items():
       report.write_overlays(workdir, name, datasets.test[name], evaluation.index,
                             image_metrics["ja"],
-                            predict=lambda images: predict(images), preprocess=preprocess_eval,
+                            predict=predict, preprocess=preprocess_eval,
                             threshold=threshold, count=config.report.num_overlays)
     with open(results_path + ".tmp", "w") as f:
       json.dump(results, f, indent=2)
@@ -552,7 +552,7 @@ def _update_timing(timing: dict, loop: dict) -> None:
     loop["images_per_second"] = timing["images"] / elapsed
 
 
-def p_eval_predict(replicated, devices) -> Callable[[np.ndarray], np.ndarray]:
+def host_predictor(replicated, devices) -> Callable[[np.ndarray], np.ndarray]:
   """A host function: (N, S, S, 3) standardised images -> (N, S, S) probabilities."""
   p_predict = _cached_pmap_predict(tuple(devices))
   num_devices = len(devices)
