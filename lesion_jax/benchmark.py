@@ -48,7 +48,7 @@ OUTPUTS = ("benchmark.json", "benchmark.md")
 ROW_KEYS = (
     "model", "params", "image_size", "batch_per_device", "devices", "dtype", "sweep",
     "train_images_per_s", "train_images_per_s_per_device", "step_ms_median", "step_ms_p10",
-    "step_ms_p90", "compile_s", "eval_images_per_s", "eval_compile_s", "flops_per_image",
+    "step_ms_p90", "compile_s", "xla_options", "eval_images_per_s", "eval_compile_s", "flops_per_image",
     "achieved_flops_per_s", "peak_bytes", "device_peak_bytes", "pipeline_images_per_s",
     "input_bound", "scaling_efficiency", "device_kind", "platform", "jax_version", "error")
 
@@ -237,7 +237,7 @@ def initial_state(model, image_size: int, seed: int = 0,
 def measure_steps(model, *, image_size: int, batch_per_device: int,
                   devices: Sequence[jax.Device], loss_fn: Callable, warmup_steps: int,
                   steps: int, with_eval: bool = True, state: train.TrainState | None = None,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, compiler_options: dict | None = None) -> dict:
   """Times the real pmapped train step (and eval step) of `model`; one row's measured fields.
 
   `state` (from `initial_state`, possibly of the same model in another dtype) saves an
@@ -252,13 +252,16 @@ def measure_steps(model, *, image_size: int, batch_per_device: int,
   replicated = parallel.replicate(state.replace(apply_fn=model.apply), devices)
   batch = synthetic_batch(devices, batch_per_device, image_size, seed)
   p_train = parallel.pmap_train_step(functools.partial(train.train_step, loss_fn=loss_fn),
-                                     devices)
-  row: dict[str, Any] = {"params": params}
+                                     devices, compiler_options)
+  row: dict[str, Any] = {"params": params,
+                         "xla_options": ",".join(f"{k}={v!r}" for k, v in
+                                                 sorted((compiler_options or {}).items()))
+                         or "default"}
   try:
     start = time.perf_counter()
     # Ahead-of-time compilation: the same executable a training step runs, timed on its own,
     # and the object XLA's cost and memory analyses come from.
-    compiled = p_train.lower(replicated, batch).compile()
+    compiled = p_train.compile(replicated, batch)
     row["compile_s"] = time.perf_counter() - start
     planned = step_bytes(compiled)
     limit = _memory_limit(devices)
@@ -291,9 +294,10 @@ def measure_steps(model, *, image_size: int, batch_per_device: int,
     if with_eval:
       thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
       p_eval = parallel.pmap_eval_step(
-          functools.partial(train.eval_step, loss_fn=loss_fn, thresholds=thresholds), devices)
+          functools.partial(train.eval_step, loss_fn=loss_fn, thresholds=thresholds), devices,
+          compiler_options)
       start = time.perf_counter()
-      compiled_eval = p_eval.lower(replicated, batch).compile()
+      compiled_eval = p_eval.compile(replicated, batch)
       row["eval_compile_s"] = time.perf_counter() - start
       eval_times = _time_steps(lambda: compiled_eval(replicated, batch), warmup_steps, steps)
       row["eval_images_per_s"] = global_batch / float(np.median(eval_times))
@@ -423,9 +427,12 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
   def measured(setting, state, dtype, batch_per_device, devs, sweep, with_eval) -> dict:
     row = dict(model=setting.label, image_size=size, batch_per_device=batch_per_device,
                devices=len(devs), dtype=dtype, sweep=sweep)
+    model = setting.create(dtype)
+    options = models_lib.xla_compiler_options(model, config.cpu_ynnpack, devs[0].platform)
     try:
-      row.update(measure_steps(setting.create(dtype), batch_per_device=batch_per_device,
-                               devices=devs, with_eval=with_eval, state=state, **timing))
+      row.update(measure_steps(model, batch_per_device=batch_per_device, devices=devs,
+                               with_eval=with_eval, state=state, compiler_options=options,
+                               **timing))
     except DoesNotFit as error:
       row["error"] = f"does not fit: {error}"
       logging.warning("benchmark: %s, batch %d per device does not fit: %s", setting.label,
@@ -507,6 +514,7 @@ _SECTIONS = {
         ("peak_bytes", "XLA MiB/device", _mib),
         ("device_peak_bytes", "device peak MiB", _mib),
         ("input_bound", "input-bound", lambda v: "-" if v is None else ("yes" if v else "no")),
+        ("xla_options", "XLA options", lambda v: v or "-"),
     ]),
     "batch_size": ("Batch-size sweep (largest per-device batch that fits)", [
         ("model", "model", str), ("dtype", "dtype", str),

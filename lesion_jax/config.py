@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.num_threads = 2  # host threads decoding and resizing examples
 
   config.batch_size_per_device = 4  # the paper's batch size
+  # CPU only: let XLA hand convolutions to YNNPACK ('on'), run its own kernels ('off'), or use
+  # the model's measured preference ('auto': off for the U-Nets, on for DeepLab).
+  config.cpu_ynnpack = "auto"
 
   config.training = ml_collections.ConfigDict()
   config.training.num_epochs = 100
@@ -193,6 +196,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"config.model.dtype must be float32, bfloat16 or float16, "
                      f"got {config.model.dtype!r}")
+  if config.cpu_ynnpack not in models.CPU_YNNPACK_CHOICES:
+    raise ValueError(f"config.cpu_ynnpack must be one of {models.CPU_YNNPACK_CHOICES}, "
+                     f"got {config.cpu_ynnpack!r}")
   if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
     raise ValueError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")

@@ -76,23 +76,58 @@ def mapped_devices(devices: Sequence[jax.Device]) -> list[jax.Device]:
           for d in jax.local_devices(process_index=p)[:len(devices)]]
 
 
-def pmap_train_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
+class CompiledStep:
+  """A pmapped step, compiled ahead of time with XLA `compiler_options`, once per input signature.
+
+  `jax.pmap` takes no compiler options, so the step is lowered and compiled explicitly; calls
+  with the same shapes, dtypes and shardings reuse the executable (and XLA's persistent cache
+  serves later runs). `compile(*args)` gives the executable itself (benchmark: cost and memory
+  analyses).
+  """
+
+  def __init__(self, pmapped: Callable, compiler_options: dict[str, Any] | None = None):
+    self._pmapped = pmapped
+    self.compiler_options = dict(compiler_options or {})
+    self._executables: dict[Any, Any] = {}
+
+  def lower(self, *args):
+    return self._pmapped.lower(*args)
+
+  def compile(self, *args):
+    return self.lower(*args).compile(compiler_options=self.compiler_options or None)
+
+  def __call__(self, *args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), np.result_type(x), getattr(x, "sharding", None))
+                          for x in leaves))
+    executable = self._executables.get(key)
+    if executable is None:
+      executable = self._executables[key] = self.compile(*args)
+    return executable(*args)
+
+
+def pmap_train_step(step: Callable, devices: Sequence[jax.Device],
+                    compiler_options: dict[str, Any] | None = None) -> CompiledStep:
   """pmaps `step(state, batch) -> (state, metrics)`, donating the state to halve its memory."""
-  return jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices),
-                  donate_argnums=(0,))
+  return CompiledStep(jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices),
+                               donate_argnums=(0,)), compiler_options)
 
 
-def pmap_eval_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
-  return jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices))
+def pmap_eval_step(step: Callable, devices: Sequence[jax.Device],
+                   compiler_options: dict[str, Any] | None = None) -> CompiledStep:
+  return CompiledStep(jax.pmap(step, axis_name=AXIS_NAME, devices=mapped_devices(devices)),
+                      compiler_options)
 
 
-def pmap_local_step(step: Callable, devices: Sequence[jax.Device]) -> Callable:
+def pmap_local_step(step: Callable, devices: Sequence[jax.Device],
+                    compiler_options: dict[str, Any] | None = None) -> CompiledStep:
   """pmaps a step without collectives over this host's devices only.
 
   One process may run it alone (e.g. the main process drawing predictions for a report), where
   a step mapped over every host would wait for the others forever.
   """
-  return jax.pmap(step, axis_name=AXIS_NAME, devices=list(devices))
+  return CompiledStep(jax.pmap(step, axis_name=AXIS_NAME, devices=list(devices)),
+                      compiler_options)
 
 
 def shard(array: np.ndarray, num_devices: int) -> np.ndarray:
@@ -190,7 +225,7 @@ def assert_replicas_equal(tree: Any) -> None:
 
 __all__ = [
     "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "cross_replica_sum",
-    "replica_index", "replicate", "unreplicate", "pmap_train_step", "pmap_eval_step",
+    "replica_index", "replicate", "unreplicate", "CompiledStep", "pmap_train_step", "pmap_eval_step",
     "pmap_local_step", "shard", "prefetch_to_devices", "to_host", "initialize_distributed",
     "process_index", "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
 ]

@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("model.output_stride", 12, "output_stride"),
     ("model.alpha", -1.0, "alpha"),
     ("batch_size_per_device", 0, "batch_size_per_device"),
+    ("cpu_ynnpack", "maybe", r"cpu_ynnpack must be one of \('auto', 'on', 'off'\), got 'maybe'"),
 ])
 def test_validate_names_the_bad_value(key, value, message, tmp_path):
   config = tiny_config(str(tmp_path), **{key: value})

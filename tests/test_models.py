@@ -241,3 +241,32 @@ def test_table_covers_every_registered_model_in_table_2_style():
   assert mobile.split()[-3:] == ["0.4M", "440,417", "0.4M"]   # P, exact count, paper's P
   assert unet.split()[-3:] == ["8M", "7,846,657", "8M"]
   assert format_millions(96_509_733) == "97M" and format_millions(1_301_409) == "1M"
+
+
+def test_max_pool_2x2_matches_flax_max_pool_in_values_and_gradients_after_relu():
+  from flax import linen as nn
+  from lesion_jax.models.layers import max_pool_2x2
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(2, 6, 8, 3)).astype(np.float32))
+  weights = jnp.asarray(rng.normal(size=(2, 3, 4, 3)).astype(np.float32))
+  # After a ReLU many windows are all zeros (tied maxima), as in the U-Net.
+  reference = lambda z: (nn.max_pool(jax.nn.relu(z), (2, 2), strides=(2, 2)) * weights).sum()
+  reshaped = lambda z: (max_pool_2x2(jax.nn.relu(z)) * weights).sum()
+  np.testing.assert_array_equal(max_pool_2x2(z), nn.max_pool(z, (2, 2), strides=(2, 2)))
+  np.testing.assert_allclose(jax.grad(reshaped)(z), jax.grad(reference)(z), rtol=0, atol=1e-7)
+  with pytest.raises(ValueError, match="even height and width, got 5x8"):
+    max_pool_2x2(z[:, :5])
+
+
+def test_xla_compiler_options_follow_the_model_and_the_override():
+  from lesion_jax.models import xla_compiler_options
+  unet = create_model("unet", ifc=16)
+  deeplab = create_model("deeplab_mobilenetv2", alpha=0.35)
+  off = {"xla_cpu_experimental_ynn_fusion_type": ""}
+  assert xla_compiler_options(unet, "auto", "cpu") == off
+  assert xla_compiler_options(deeplab, "auto", "cpu") == {}
+  assert xla_compiler_options(unet, "on", "cpu") == {}
+  assert xla_compiler_options(deeplab, "off", "cpu") == off
+  assert xla_compiler_options(unet, "auto", "gpu") == {}  # a CPU-only choice
+  with pytest.raises(ValueError, match=r"one of \('auto', 'on', 'off'\), got 'yes'"):
+    xla_compiler_options(unet, "yes", "cpu")

@@ -64,3 +64,34 @@ def test_same_global_batch_gives_same_losses_on_1_2_4_devices():
     np.testing.assert_allclose(runs[n]["losses"], runs["1"]["losses"], rtol=5e-4)
     np.testing.assert_allclose(runs[n]["checksum"], runs["1"]["checksum"], rtol=1e-4)
   assert runs["1"]["losses"][2] != runs["1"]["losses"][0]  # the steps did train
+
+
+def test_compiled_step_applies_compiler_options_and_compiles_once():
+  import functools
+
+  import jax
+  import optax
+
+  from lesion_jax import losses, models, parallel, train
+
+  model = models.create_model("unet", ifc=16, dropout_rate=0.0).clone(ifc=4)
+  state = train.create_train_state(model, optax.sgd(0.01), jax.random.PRNGKey(0), 32)
+  devices = parallel.local_devices(1)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(1, 2, 32, 32, 3)).astype(np.float32),
+           "mask": (rng.random((1, 2, 32, 32, 1)) > 0.5).astype(np.float32)}
+  step = functools.partial(train.train_step, loss_fn=losses.get_loss("dice"))
+  results = {}
+  for options in ({}, {"xla_cpu_experimental_ynn_fusion_type": ""}):
+    p_step = parallel.pmap_train_step(step, devices, options)
+    replicated = parallel.replicate(state, devices)
+    text = p_step.compile(replicated, batch).as_text()
+    if options:  # YNNPACK fusions are gone when it is switched off
+      assert "__ynn_fusion" not in text
+    losses_seen = []
+    for _ in range(2):
+      replicated, metrics = p_step(replicated, batch)
+      losses_seen.append(float(np.asarray(metrics["loss"])[0]))
+    assert len(p_step._executables) == 1  # the second step reused the first executable
+    results[bool(options)] = losses_seen
+  np.testing.assert_allclose(results[True], results[False], rtol=1e-5)

@@ -28,8 +28,9 @@ import numpy as np
 from lesion_jax.models.deeplab import DeepLab
 from lesion_jax.models.encoders import MobileNetV2Encoder, Xception65Encoder
 from lesion_jax.models.encoders.mobilenet_v2 import validate_alpha, validate_output_stride
-from lesion_jax.models.layers import (DEPTHWISE_IMPLEMENTATIONS, BatchNormOptions,
-                                      DepthwiseConv2D, check_input_size)
+from lesion_jax.models.layers import (CPU_YNNPACK_CHOICES, DEPTHWISE_IMPLEMENTATIONS,
+                                      BatchNormOptions, DepthwiseConv2D, check_input_size,
+                                      xla_compiler_options)
 from lesion_jax.models.unet import IFC_CHOICES, UNet
 from lesion_jax.registry import Registry
 
@@ -169,7 +170,7 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -
 
 
 __all__ = [
-    "MODELS", "DeepLab", "DepthwiseConv2D", "MobileNetV2Encoder", "UNet", "Xception65Encoder",
+    "CPU_YNNPACK_CHOICES", "MODELS", "DeepLab", "DepthwiseConv2D", "MobileNetV2Encoder", "UNet", "Xception65Encoder",
     "check_input_size", "count_params", "create_model", "deeplab_mobilenetv2",
-    "deeplabv3plus_xception65", "model_names",
+    "deeplabv3plus_xception65", "model_names", "xla_compiler_options",
 ]

@@ -28,6 +28,45 @@ Padding = str | Sequence[tuple[int, int]]
 
 DEPTHWISE_IMPLEMENTATIONS = ("auto", "shifted", "xla")
 
+# XLA's CPU backend hands convolutions, dots and reductions to the YNNPACK library by default,
+# and runs what YNNPACK does not take through its own Eigen-based kernels. Which is faster depends
+# on the architecture (docs/performance.md, entry 6, 2-core CPU, 256x256, batch 4, train step):
+# YNNPACK runs the weight gradient of a dense 3x3 convolution on one thread (a U-Net ifC 16 step
+# took ~1.1 s with it, ~0.8 s without), while MobileNetV2's 1x1 convolutions and reductions are
+# 2.5x faster with it (reduced Mobile DeepLab: ~0.24 s with, ~0.59 s without). Each model class
+# states its preference as `cpu_ynnpack`; `config.cpu_ynnpack` overrides it.
+CPU_YNNPACK_CHOICES = ("auto", "on", "off")
+
+
+def xla_compiler_options(model: Any, cpu_ynnpack: str = "auto",
+                         platform: str | None = None) -> dict[str, str]:
+  """XLA options to compile `model`'s steps with on `platform` (default: JAX's backend).
+
+  Empty except on the CPU with YNNPACK off (the model's `cpu_ynnpack` preference under 'auto').
+  """
+  if cpu_ynnpack not in CPU_YNNPACK_CHOICES:
+    raise ValueError(f"cpu_ynnpack must be one of {CPU_YNNPACK_CHOICES}, got {cpu_ynnpack!r}")
+  if (platform or jax.default_backend()) != "cpu":
+    return {}
+  choice = getattr(model, "cpu_ynnpack", "on") if cpu_ynnpack == "auto" else cpu_ynnpack
+  # An empty list of library fusion types: XLA emits every op itself.
+  return {"xla_cpu_experimental_ynn_fusion_type": ""} if choice == "off" else {}
+
+
+def max_pool_2x2(x: Array) -> Array:
+  """2x2 max pooling with stride 2 of NHWC `x` (even height and width) as a reshape + max.
+
+  Same values as `nn.max_pool(x, (2, 2), (2, 2))`. XLA's reduce-window max differentiates
+  through select-and-scatter plus four index arrays of the input's size (~45 ms of a 256x256
+  U-Net step on the CPU); the reshape form differentiates through a comparison mask. The two
+  gradients differ only where a window holds tied maxima (the reshape form splits the gradient
+  between them); after a ReLU those ties are zeros, whose ReLU gradient is zero either way.
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_2x2 needs even height and width, got {h}x{w}")
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
   if isinstance(value, int):

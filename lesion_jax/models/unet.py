@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import BatchNormOptions, check_input_size
+from lesion_jax.models.layers import BatchNormOptions, check_input_size, max_pool_2x2
 
 Array = jax.Array
 
@@ -179,6 +179,10 @@ class UNet(nn.Module):
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
     super().__post_init__()
 
+  # Dense 3x3 convolutions train faster through XLA's own CPU kernels than through YNNPACK
+  # (layers.xla_compiler_options).
+  cpu_ynnpack = "off"
+
   @property
   def input_divisor(self) -> int:
     """Four 2x2 poolings: height and width must be multiples of 16."""
@@ -201,7 +205,7 @@ class UNet(nn.Module):
     for level in range(LEVELS):
       x = self._block(self.ifc * 2 ** level, f"encoder{level + 1}")(x, train)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = self._block(self.ifc * 2 ** LEVELS, "bottleneck")(x, train)
     for level in reversed(range(LEVELS)):
       x = upsample_nearest(x)
