@@ -93,6 +93,22 @@ def test_float32_export_matches_jax_on_test_images(float32_export, test_images,
   assert report.latency_ms > 0
 
 
+def test_logits_are_upsampled_by_the_builtin_resize_and_inner_names_are_short(float32_export):
+  path, _ = float32_export
+  schema = export._tflite_schema()
+  with open(path, "rb") as f:
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(f.read(), 0))
+  ops = {max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes}
+  # DeepLab's final upsampling is TFLite's op, not a pair of constant interpolation matrices.
+  assert schema.BuiltinOperator.RESIZE_BILINEAR in ops
+  (subgraph,) = model.subgraphs
+  names = [t.name.decode() for t in subgraph.tensors]
+  # Inputs and outputs keep the converter's names (the signature maps image / probability).
+  assert "image" in names[subgraph.inputs[0]] and not names[subgraph.outputs[0]].isdigit()
+  inner = [n for i, n in enumerate(names) if i not in (subgraph.inputs[0], subgraph.outputs[0])]
+  assert inner == [str(i) for i, n in enumerate(names) if n in inner]
+
+
 def test_sidecar_and_embedded_metadata_describe_the_export(float32_export, trained_run):
   path, _ = float32_export
   with open(path + ".json") as f:

@@ -124,6 +124,9 @@ class DeepLab(nn.Module):
     num_classes: logits channels (1: sigmoid lesion mask).
     dropout_rate: after the projection (TF: keep_prob 0.9).
     depthwise_implementation: see `DepthwiseConv2D`.
+    upsample_logits: resize the logits bilinearly to the input size (training, evaluation).
+      False returns them at the encoder's output stride, for an exporter that resizes with the
+      runtime's own op (TFLite RESIZE_BILINEAR instead of two constant interpolation matrices).
     dtype: compute dtype (params stay float32; logits are returned as float32).
   """
   encoder: nn.Module
@@ -134,6 +137,7 @@ class DeepLab(nn.Module):
   num_classes: int = 1
   dropout_rate: float = 0.1
   depthwise_implementation: str = "auto"
+  upsample_logits: bool = True
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -178,4 +182,5 @@ class DeepLab(nn.Module):
           y, features[self.low_level_stride], train)
     y = nn.Conv(self.num_classes, (1, 1), use_bias=True, dtype=self.dtype,
                 param_dtype=jnp.float32, name="logits")(y)
-    return resize_bilinear(y.astype(jnp.float32), height, width)
+    y = y.astype(jnp.float32)
+    return resize_bilinear(y, height, width) if self.upsample_logits else y
