@@ -48,9 +48,10 @@ OUTPUTS = ("benchmark.json", "benchmark.md")
 ROW_KEYS = (
     "model", "params", "image_size", "batch_per_device", "devices", "dtype", "sweep",
     "train_images_per_s", "train_images_per_s_per_device", "step_ms_median", "step_ms_p10",
-    "step_ms_p90", "compile_s", "xla_options", "eval_images_per_s", "eval_compile_s", "flops_per_image",
-    "achieved_flops_per_s", "peak_bytes", "device_peak_bytes", "pipeline_images_per_s",
-    "input_bound", "scaling_efficiency", "device_kind", "platform", "jax_version", "error")
+    "step_ms_p90", "compile_s", "xla_options", "eval_images_per_s", "eval_compile_s",
+    "flops_per_image", "achieved_flops_per_s", "peak_bytes", "device_peak_bytes",
+    "pipeline_images_per_s", "input_bound", "scaling_efficiency", "device_kind", "platform",
+    "jax_version", "error")
 
 
 class DoesNotFit(RuntimeError):
@@ -253,10 +254,9 @@ def measure_steps(model, *, image_size: int, batch_per_device: int,
   batch = synthetic_batch(devices, batch_per_device, image_size, seed)
   p_train = parallel.pmap_train_step(functools.partial(train.train_step, loss_fn=loss_fn),
                                      devices, compiler_options)
-  row: dict[str, Any] = {"params": params,
-                         "xla_options": ",".join(f"{k}={v!r}" for k, v in
-                                                 sorted((compiler_options or {}).items()))
-                         or "default"}
+  options = sorted((compiler_options or {}).items())
+  row: dict[str, Any] = {"params": params, "xla_options": ",".join(
+      f"{key}={value!r}" for key, value in options) or "default"}
   try:
     start = time.perf_counter()
     # Ahead-of-time compilation: the same executable a training step runs, timed on its own,

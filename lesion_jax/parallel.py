@@ -225,7 +225,8 @@ def assert_replicas_equal(tree: Any) -> None:
 
 __all__ = [
     "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "cross_replica_sum",
-    "replica_index", "replicate", "unreplicate", "CompiledStep", "pmap_train_step", "pmap_eval_step",
+    "replica_index", "replicate", "unreplicate", "CompiledStep", "pmap_train_step",
+    "pmap_eval_step",
     "pmap_local_step", "shard", "prefetch_to_devices", "to_host", "initialize_distributed",
     "process_index", "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
 ]

@@ -602,6 +602,7 @@ def _log_predictions(writer: MetricWriter, predict, source, preprocess, step: in
   writer.images("validation/truth_vs_probability", step, panels.astype(np.float32))
 
 
-__all__ = ["TrainState", "dropout_key", "train_step", "eval_step", "predict_step", "create_train_state",
-           "train_and_evaluate", "evaluate", "Evaluation", "NonFiniteLossError", "RUN_OUTPUTS"]
+__all__ = ["TrainState", "dropout_key", "train_step", "eval_step", "predict_step",
+           "create_train_state", "train_and_evaluate", "evaluate", "Evaluation",
+           "NonFiniteLossError", "RUN_OUTPUTS"]
 

@@ -170,7 +170,8 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -
 
 
 __all__ = [
-    "CPU_YNNPACK_CHOICES", "MODELS", "DeepLab", "DepthwiseConv2D", "MobileNetV2Encoder", "UNet", "Xception65Encoder",
+    "CPU_YNNPACK_CHOICES", "MODELS", "DeepLab", "DepthwiseConv2D", "MobileNetV2Encoder", "UNet",
+    "Xception65Encoder",
     "check_input_size", "count_params", "create_model", "deeplab_mobilenetv2",
     "deeplabv3plus_xception65", "model_names", "xla_compiler_options",
 ]
