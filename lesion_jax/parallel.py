@@ -81,14 +81,17 @@ class CompiledStep:
 
   `jax.pmap` takes no compiler options, so the step is lowered and compiled explicitly; calls
   with the same shapes, dtypes and shardings reuse the executable (and XLA's persistent cache
-  serves later runs). `compile(*args)` gives the executable itself (benchmark: cost and memory
-  analyses).
+  serves later runs). Without options, or across several processes, calls go through pmap
+  itself. `compile(*args)` gives the executable itself (benchmark: cost and memory analyses).
   """
 
   def __init__(self, pmapped: Callable, compiler_options: dict[str, Any] | None = None):
     self._pmapped = pmapped
     self.compiler_options = dict(compiler_options or {})
     self._executables: dict[Any, Any] = {}
+    if self.compiler_options and jax.process_count() > 1:
+      logging.warning("XLA options %s are not applied: steps mapped over several processes "
+                      "compile through pmap, which takes none", self.compiler_options)
 
   def lower(self, *args):
     return self._pmapped.lower(*args)
@@ -97,6 +100,10 @@ class CompiledStep:
     return self.lower(*args).compile(compiler_options=self.compiler_options or None)
 
   def __call__(self, *args):
+    if not self.compiler_options or jax.process_count() > 1:
+      # pmap's own dispatch. Several processes need it too: an ahead-of-time executable of a
+      # multi-process pmap expects global shapes, while each process holds its local devices'.
+      return self._pmapped(*args)
     leaves, treedef = jax.tree.flatten(args)
     key = (treedef, tuple((np.shape(x), np.result_type(x), getattr(x, "sharding", None))
                           for x in leaves))
