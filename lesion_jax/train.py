@@ -106,11 +106,40 @@ def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
   return jax.nn.sigmoid(logits.astype(jnp.float32))
 
 
+@functools.lru_cache(maxsize=16)
+def _canonical(model):
+  """The first model seen that equals `model` (flax modules compare by their fields).
+
+  The train state carries `model.apply`, and bound methods of two equal modules still differ,
+  so every run would trace and compile its steps anew. With one instance per setting, later
+  runs in the same process (a sweep, a transfer experiment, a test session) reuse them.
+  """
+  return model
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(total_steps: int, steps_per_epoch: int, optimizer_settings: str,
+               frozen: tuple) -> tuple[Any, Callable]:
+  """(Adam on the SGDR schedule, the schedule), one pair per setting.
+
+  Like `_canonical`: the train state carries the optimiser, so equal settings must give the
+  same object for later runs in the process to reuse the compiled steps.
+  """
+  settings = ml_collections.ConfigDict(json.loads(optimizer_settings))
+  schedule = optim.sgdr_schedule(total_steps, steps_per_epoch, settings)
+  return transfer.freeze(optim.adam(schedule), frozen), schedule
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model):
+  return jax.jit(functools.partial(model.init, train=False))
+
+
 def create_train_state(model, tx, rng: jax.Array, image_size: int) -> TrainState:
+  model = _canonical(model)
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      {"params": init_rng, "dropout": dropout_rng}, dummy)
+  variables = _jitted_init(model)({"params": init_rng, "dropout": dropout_rng}, dummy)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=state_rng)
   # A strongly typed step: a weakly typed Python 0 would make the second step recompile.
@@ -341,8 +370,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.training.max_steps:
     total_steps = min(total_steps, config.training.max_steps)
   eval_every = config.training.eval_every_epochs * steps_per_epoch
-  schedule = optim.sgdr_schedule(total_steps, steps_per_epoch, config.optimizer)
-  tx = transfer.freeze(optim.adam(schedule), config.frozen)
+  tx, schedule = _optimizer(total_steps, steps_per_epoch,
+                            json.dumps(config.optimizer.to_dict(), sort_keys=True),
+                            tuple(config.frozen))
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), config.data.image_size)
   transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   num_params = models_lib.count_params(model, (1, config.data.image_size,
@@ -371,12 +401,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = MetricWriter(workdir)
   compiler_options = models_lib.xla_compiler_options(model, config.cpu_ynnpack)
-  p_train = parallel.pmap_train_step(functools.partial(train_step, loss_fn=loss_fn), devices,
-                                     compiler_options)
-  thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
-  p_eval = parallel.pmap_eval_step(
-      functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds), devices,
-      compiler_options)
+  p_train, p_eval = _pmapped_steps(loss_fn, tuple(devices),
+                                   tuple(sorted(compiler_options.items())))
   validation = _Concatenated(datasets.validation)
   eval_kwargs = dict(batch_size_per_device=config.batch_size_per_device, num_devices=num_devices,
                      num_threads=config.data.num_threads)
@@ -581,6 +607,24 @@ def host_predictor(replicated, devices) -> Callable[[np.ndarray], np.ndarray]:
     return probs[:n, ..., 0]
 
   return predict
+
+
+@functools.lru_cache(maxsize=8)
+def _pmapped_steps(loss_fn: Callable, devices: tuple, compiler_options: tuple) -> tuple:
+  """The pmapped train and eval steps, kept for the next run in this process.
+
+  A sweep, a transfer experiment or a test session trains many runs in one process; runs of
+  the same model then reuse JAX's traced and compiled steps instead of tracing, lowering and
+  loading them again (several seconds each on a CPU).
+  """
+  options = dict(compiler_options)
+  p_train = parallel.pmap_train_step(functools.partial(train_step, loss_fn=loss_fn),
+                                     list(devices), options)
+  thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
+  p_eval = parallel.pmap_eval_step(
+      functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds), list(devices),
+      options)
+  return p_train, p_eval
 
 
 @functools.lru_cache(maxsize=4)

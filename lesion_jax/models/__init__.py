@@ -17,6 +17,7 @@ Registered settings (defaults are the paper's best settings, Table 2):
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -154,6 +155,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
   return factory(**kwargs)
 
 
+@functools.lru_cache(maxsize=32)  # tracing a model to count it takes ~1 s; runs ask repeatedly
 def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
   """Number of scalars in the `params` collection, from shapes only (`jax.eval_shape`).
 

@@ -15,6 +15,7 @@ XLA compile time (about 2x for a MobileNetV2 gradient), which only matters for t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -126,24 +127,99 @@ def depthwise_conv(x: Array, kernel: Array, strides: tuple[int, int], dilation: 
   (pt, pb), (pl, pr) = padding
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   hp, wp = xp.shape[1:3]
-  out_h = (hp - dilation[0] * (kh - 1) - 1) // strides[0] + 1
-  out_w = (wp - dilation[1] * (kw - 1) - 1) // strides[1] + 1
-  if out_h < 1 or out_w < 1:
+  if hp - dilation[0] * (kh - 1) < 1 or wp - dilation[1] * (kw - 1) < 1:
     raise ValueError(f"input {x.shape[1:3]} is too small for a {kh}x{kw} kernel with dilation "
                      f"{dilation} and padding {padding}")
+  return _shifted_depthwise(xp, kernel, tuple(strides), tuple(dilation))
+
+
+def _shifted_output_size(xp: Array, kernel: Array, strides, dilation) -> tuple[int, int]:
+  kh, kw = kernel.shape[:2]
+  return ((xp.shape[1] - dilation[0] * (kh - 1) - 1) // strides[0] + 1,
+          (xp.shape[2] - dilation[1] * (kw - 1) - 1) // strides[1] + 1)
+
+
+def _window(xp: Array, i: int, j: int, out_h: int, out_w: int, strides, dilation) -> Array:
+  """The input pixels that kernel tap (i, j) multiplies, one per output pixel."""
+  top, left = i * dilation[0], j * dilation[1]
+  return lax.slice(xp, (0, top, left, 0),
+                   (xp.shape[0], top + (out_h - 1) * strides[0] + 1,
+                    left + (out_w - 1) * strides[1] + 1, xp.shape[3]),
+                   (1, strides[0], strides[1], 1))
+
+
+def _accumulator(dtype) -> Any:
   # Accumulate in float32 so bfloat16 compute matches the grouped conv (which accumulates wide).
-  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  out = jnp.zeros((x.shape[0], out_h, out_w, channels), acc_dtype)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _shifted_forward(xp: Array, kernel: Array, strides, dilation) -> Array:
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = _shifted_output_size(xp, kernel, strides, dilation)
+  acc_dtype = _accumulator(xp.dtype)
+  out = jnp.zeros((xp.shape[0], out_h, out_w, xp.shape[3]), acc_dtype)
   for i in range(kh):
     for j in range(kw):
-      top, left = i * dilation[0], j * dilation[1]
-      window = lax.slice(
-          xp, (0, top, left, 0),
-          (xp.shape[0], top + (out_h - 1) * strides[0] + 1, left + (out_w - 1) * strides[1] + 1,
-           channels),
-          (1, strides[0], strides[1], 1))
+      window = _window(xp, i, j, out_h, out_w, strides, dilation)
       out = out + (window * kernel[i, j, 0]).astype(acc_dtype)
-  return out.astype(x.dtype)
+  return out.astype(xp.dtype)
+
+
+# The gradient is written by hand: autodiff of the forward keeps all kh*kw input windows for the
+# kernel gradient, and XLA's CPU backend then writes each window to memory, recomputing the
+# BatchNorm + ReLU6 that produced the input in every one (~80 ms of a 256x256 Mobile DeepLab
+# step). Here the kernel gradient moves the output gradient to each window's place instead, so
+# the input is read as it is (docs/performance.md, entry 9).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shifted_depthwise(xp: Array, kernel: Array, strides, dilation) -> Array:
+  """Depthwise 'VALID' convolution of the padded input `xp` as kh*kw shifted multiply-adds."""
+  return _shifted_forward(xp, kernel, strides, dilation)
+
+
+def _shifted_depthwise_fwd(xp, kernel, strides, dilation):
+  return _shifted_forward(xp, kernel, strides, dilation), (xp, kernel)
+
+
+def _shifted_depthwise_bwd(strides, dilation, residuals, dy):
+  xp, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = dy.shape[1:3]
+  hp, wp = xp.shape[1:3]
+  acc_dtype = _accumulator(xp.dtype)
+  dy = dy.astype(acc_dtype)
+  zero = jnp.zeros((), acc_dtype)
+  # Kernel: d k[i, j] = sum(window(i, j) * dy) = sum(xp * dy placed where window (i, j) lies).
+  rows = []
+  for i in range(kh):
+    row = []
+    for j in range(kw):
+      top, left = i * dilation[0], j * dilation[1]
+      placed = lax.pad(dy, zero, (
+          (0, 0, 0),
+          (top, hp - top - (out_h - 1) * strides[0] - 1, strides[0] - 1),
+          (left, wp - left - (out_w - 1) * strides[1] - 1, strides[1] - 1),
+          (0, 0, 0)))
+      row.append((xp.astype(acc_dtype) * placed).sum(axis=(0, 1, 2)))
+    rows.append(jnp.stack(row))
+  d_kernel = jnp.stack(rows)[:, :, None, :].astype(kernel.dtype)
+  # Input: the same shifted sum over dy spread to the input grid (zeros between strided
+  # positions), with the kernel flipped.
+  spread = lax.pad(dy, zero, (
+      (0, 0, 0),
+      ((kh - 1) * dilation[0], hp - (out_h - 1) * strides[0] - 1, strides[0] - 1),
+      ((kw - 1) * dilation[1], wp - (out_w - 1) * strides[1] - 1, strides[1] - 1),
+      (0, 0, 0)))
+  d_xp = jnp.zeros(xp.shape, acc_dtype)
+  for i in range(kh):
+    for j in range(kw):
+      top, left = (kh - 1 - i) * dilation[0], (kw - 1 - j) * dilation[1]
+      window = lax.slice(spread, (0, top, left, 0),
+                         (spread.shape[0], top + hp, left + wp, spread.shape[3]))
+      d_xp = d_xp + window * kernel[i, j, 0].astype(acc_dtype)
+  return d_xp.astype(xp.dtype), d_kernel
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class DepthwiseConv2D(nn.Module):
