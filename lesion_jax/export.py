@@ -310,24 +310,33 @@ def convert_to_tflite(infer: Callable, image_size: int, output_name: str,
   return shorten_tensor_names(model_bytes)
 
 
+def _edit_model(model_bytes: bytes, edit: Callable[[Any, Any], None]) -> bytes:
+  """The .tflite `model_bytes` unpacked, changed in place by `edit(model, schema)`, repacked."""
+  import flatbuffers
+
+  schema = _tflite_schema()
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
+  edit(model, schema)
+  builder = flatbuffers.Builder(len(model_bytes) + 1024)
+  builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+  return bytes(builder.Output())
+
+
 def shorten_tensor_names(model_bytes: bytes) -> bytes:
   """The model with every inner tensor named by its index instead of its TF/StableHLO path.
 
   The converter names tensors after long op paths (~36 KB of a 0.6 MB int8 file). Inputs and
   outputs keep theirs, which the serving signature maps to `image` and `probability` / `mask`.
   """
-  import flatbuffers
+  def edit(model, schema):
+    del schema
+    for subgraph in model.subgraphs:
+      keep = set(subgraph.inputs.tolist()) | set(subgraph.outputs.tolist())
+      for index, tensor in enumerate(subgraph.tensors):
+        if index not in keep:
+          tensor.name = str(index)
 
-  schema = _tflite_schema()
-  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-  for subgraph in model.subgraphs:
-    keep = set(subgraph.inputs.tolist()) | set(subgraph.outputs.tolist())
-    for index, tensor in enumerate(subgraph.tensors):
-      if index not in keep:
-        tensor.name = str(index)
-  builder = flatbuffers.Builder(len(model_bytes))
-  builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-  return bytes(builder.Output())
+  return _edit_model(model_bytes, edit)
 
 
 def _tflite_schema():
@@ -345,20 +354,16 @@ def _tflite_schema():
 
 def embed_metadata(model_bytes: bytes, name: str, payload: Mapping[str, Any]) -> bytes:
   """The model with `payload` (as JSON) added to its flatbuffer metadata under `name`."""
-  import flatbuffers
+  def edit(model, schema):
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(payload, sort_keys=True).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name] + [entry]
 
-  schema = _tflite_schema()
-  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-  buffer = schema.BufferT()
-  buffer.data = np.frombuffer(json.dumps(payload, sort_keys=True).encode(), np.uint8)
-  model.buffers.append(buffer)
-  entry = schema.MetadataT()
-  entry.name = name
-  entry.buffer = len(model.buffers) - 1
-  model.metadata = [m for m in (model.metadata or []) if m.name.decode() != name] + [entry]
-  builder = flatbuffers.Builder(len(model_bytes) + 1024)
-  builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-  return bytes(builder.Output())
+  return _edit_model(model_bytes, edit)
 
 
 def read_embedded_metadata(model: str | bytes, name: str = METADATA_NAME) -> dict | None:

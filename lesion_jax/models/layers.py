@@ -49,6 +49,7 @@ def xla_compiler_options(model: Any, cpu_ynnpack: str = "auto",
     raise ValueError(f"cpu_ynnpack must be one of {CPU_YNNPACK_CHOICES}, got {cpu_ynnpack!r}")
   if (platform or jax.default_backend()) != "cpu":
     return {}
+  # A model without a stated preference keeps XLA's default (YNNPACK on).
   choice = getattr(model, "cpu_ynnpack", "on") if cpu_ynnpack == "auto" else cpu_ynnpack
   # An empty list of library fusion types: XLA emits every op itself.
   return {"xla_cpu_experimental_ynn_fusion_type": ""} if choice == "off" else {}
