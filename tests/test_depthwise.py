@@ -86,9 +86,16 @@ def test_module_has_grouped_conv_layout_and_matches_nn_conv(implementation):
   np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x), atol=1e-5)
 
 
-def test_auto_picks_shifted_on_cpu_and_rejects_unknown_names():
-  assert jax.default_backend() == "cpu"
-  assert resolve_depthwise_implementation("auto") == "shifted"
+@pytest.mark.parametrize("backend, expected",
+                         [("cpu", "shifted"), ("gpu", "shifted"), ("tpu", "xla")])
+def test_auto_picks_the_measured_faster_form_per_backend(monkeypatch, backend, expected):
+  # The choice follows the measurements in docs/performance.md (CPU: entry 3, H200: entry 11).
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert resolve_depthwise_implementation("auto") == expected
+  assert resolve_depthwise_implementation("xla") == "xla"  # explicit names are kept
+
+
+def test_unknown_depthwise_implementation_lists_the_valid_names():
   with pytest.raises(ValueError, match="'cudnn'.*|.*one of"):
     resolve_depthwise_implementation("cudnn")
 
