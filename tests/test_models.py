@@ -270,3 +270,84 @@ def test_xla_compiler_options_follow_the_model_and_the_override():
   assert xla_compiler_options(unet, "auto", "gpu") == {}  # a CPU-only choice
   with pytest.raises(ValueError, match=r"one of \('auto', 'on', 'off'\), got 'yes'"):
     xla_compiler_options(unet, "yes", "cpu")
+
+
+def test_conv_upsampled_equals_conv_of_nearest_upsampling():
+  from jax import lax
+  from lesion_jax.models.unet import conv_upsampled, upsample_nearest
+  rng = np.random.default_rng(0)
+  low = jnp.asarray(rng.normal(size=(2, 3, 5, 4)).astype(np.float32))  # odd, non-square
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, 6, 10, 6)).astype(np.float32))
+
+  def reference(low, kernel):
+    return lax.conv_general_dilated(upsample_nearest(low), kernel, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  want, want_vjp = jax.vjp(reference, low, kernel)
+  got, got_vjp = jax.vjp(conv_upsampled, low, kernel)
+  assert got.shape == (2, 6, 10, 6)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, w in zip(got_vjp(cotangent), want_vjp(cotangent)):  # d/dlow, d/dkernel
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["unet", "att_unet"])
+def test_subpixel_decoder_has_the_same_parameters_and_numbers_as_the_concat_form(name):
+  concat = create_model(name, ifc=16, decoder_conv="concat").clone(ifc=4)
+  subpixel = create_model(name, ifc=16, decoder_conv="subpixel").clone(ifc=4)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 48, 3)).astype(np.float32))
+  variables = concat.init(jax.random.key(0), x)
+  # Same tree, same shapes and the same initial values: checkpoints move between the forms.
+  same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
+                      subpixel.init(jax.random.key(0), x))
+  assert all(jax.tree.leaves(same))
+
+  def loss(model, params):
+    return jnp.sum(model.apply({"params": params}, x) ** 2)
+
+  np.testing.assert_allclose(subpixel.apply(variables, x), concat.apply(variables, x),
+                             rtol=1e-5, atol=1e-6)
+  grads = [jax.grad(lambda p, m=m: loss(m, p))(variables["params"]) for m in (concat, subpixel)]
+  flat = [dict(flax.traverse_util.flatten_dict(g)) for g in grads]
+  for path, want in flat[0].items():
+    scale = float(jnp.abs(want).max()) + 1e-12
+    np.testing.assert_allclose(flat[1][path] / scale, want / scale, atol=1e-5, err_msg=str(path))
+
+
+def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
+  from lesion_jax.models import unet as unet_lib
+  for backend, expected in [("cpu", "subpixel"), ("gpu", "concat"), ("tpu", "concat")]:
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert unet_lib.resolve_decoder_conv("auto") == expected
+  assert unet_lib.resolve_decoder_conv("concat") == "concat"
+  with pytest.raises(ValueError, match=r"decoder_conv must be one of \('auto', 'subpixel', "):
+    create_model("unet", ifc=16, decoder_conv="pixelshuffle")
+
+
+def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
+  from flax import linen as nn
+  from lesion_jax.models.layers import Dropout, dropout_keep_mask
+  x = jnp.ones((4, 64, 64, 16))  # 262,144 draws: the kept fraction is known to ~0.001
+  key = jax.random.key(0)
+  keep, keep_probability = dropout_keep_mask(key, 0.2, x.shape)
+  assert keep_probability == 1 - 13107 / 65536  # 0.2 resolved to 1/65536
+  assert abs(float(keep.mean()) - keep_probability) < 0.004
+  y = Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
+  kept = np.asarray(y) != 0
+  assert abs(kept.mean() - keep_probability) < 0.004
+  np.testing.assert_allclose(np.asarray(y)[kept], 1 / keep_probability, rtol=1e-6)
+  assert float(jnp.abs(y.mean() - 1)) < 0.01  # inverted dropout: expected output = input
+  # Neighbouring values (the two halves of one 32-bit word) are not correlated.
+  flat = np.asarray(keep).reshape(-1, 2).astype(np.float64)
+  assert abs(np.corrcoef(flat[:, 0], flat[:, 1])[0, 1]) < 0.01
+  # Another key, another mask; odd sizes; the deterministic path and the edge rates.
+  other, _ = dropout_keep_mask(jax.random.key(1), 0.2, x.shape)
+  assert 0.25 < float((other != keep).mean()) < 0.4
+  assert Dropout(0.5).apply({}, jnp.ones((3, 5, 7)), deterministic=False,
+                            rngs={"dropout": key}).shape == (3, 5, 7)
+  for layer in (Dropout(0.2), nn.Dropout(0.2)):
+    np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
+  with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\], got 1.5"):
+    Dropout(1.5).apply({}, x, deterministic=False, rngs={"dropout": key})

@@ -67,13 +67,13 @@ def _register_unet(name: str, *, attention: bool, block: str, default_ifc: int,
               batch_norm: bool = False, recurrent_units: int = 2, recurrent_t: int = 2,
               share_recurrent_weights: bool = False, num_classes: int = 1,
               bn_momentum: float | None = None, bn_axis_name: str | None = None,
-              dtype: Any = jnp.float32) -> UNet:
+              decoder_conv: str = "auto", dtype: Any = jnp.float32) -> UNet:
     _check_ifc(name, ifc)
     return UNet(ifc=ifc, block=block, attention=attention, dropout_rate=dropout_rate,
                 batch_norm=batch_norm, recurrent_units=recurrent_units, recurrent_t=recurrent_t,
                 share_recurrent_weights=share_recurrent_weights, num_classes=num_classes,
                 bn_options=BatchNormOptions(bn_momentum, bn_axis_name),
-                dtype=_compute_dtype(dtype))
+                dtype=_compute_dtype(dtype), decoder_conv=decoder_conv)
   factory.__name__ = name
   factory.__doc__ = (f"{name}: UNet(block={block!r}, attention={attention}); default ifc "
                      f"{default_ifc}, dropout {default_dropout}.")

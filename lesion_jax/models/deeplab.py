@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import (BatchNormOptions, ConvBN, check_input_size,
+from lesion_jax.models.layers import (BatchNormOptions, ConvBN, Dropout, check_input_size,
                                       resize_bilinear)
 
 Array = jax.Array
@@ -85,7 +85,7 @@ class DeepLabHead(nn.Module):
           bn_options=self.bn_options, dtype=self.dtype, name=f"aspp{index}")(x, train))
     x = jnp.concatenate(branches, axis=-1)
     x = ConvBN(ASPP_CHANNELS, 1, name="concat_projection", **common)(x, train)
-    return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
 class DeepLabDecoder(nn.Module):

@@ -22,8 +22,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from lesion_jax.models.layers import BatchNormOptions, check_input_size, max_pool_2x2
+from lesion_jax.models.layers import BatchNormOptions, Dropout, check_input_size, max_pool_2x2
 
 Array = jax.Array
 
@@ -40,9 +42,13 @@ class ConvUnit(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+  def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
+    if skip is None:
+      x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                  dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+    else:
+      x = UpsampleConcatConv(self.features, use_bias=not self.batch_norm, dtype=self.dtype,
+                             name="conv")(x, skip)
     if self.batch_norm:
       momentum = self.bn_options.momentum
       x = nn.BatchNorm(use_running_average=not train,
@@ -61,9 +67,11 @@ class ConvBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv1")(x, train)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+  def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
+    """`skip` given: x is the decoder's low-resolution input, upsampled and joined to `skip`."""
+    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype,
+                 name="conv1")(x, train, skip)
+    x = Dropout(self.dropout_rate, deterministic=not train)(x)
     return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv2")(x, train)
 
 
@@ -112,7 +120,7 @@ class RecurrentResidualBlock(nn.Module):
     shortcut = x
     for index in range(self.recurrent_units):
       if index and self.dropout_rate:
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = Dropout(self.dropout_rate, deterministic=not train)(x)
       x = RecurrentUnit(self.features, self.recurrent_t, self.share_weights, self.batch_norm,
                         self.bn_options, self.dtype, name=f"recurrent{index + 1}")(x, train)
     return x + shortcut
@@ -137,6 +145,111 @@ def upsample_nearest(x: Array) -> Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+# Sub-pixel form of a 3x3 'same' convolution applied to a nearest-upsampled input. Output row 2i
+# sees upsampled rows 2i-1, 2i, 2i+1, i.e. low-resolution rows i-1, i, i; output row 2i+1 sees
+# rows i, i, i+1. So each output phase (a, b) in {0, 1}^2 is a 2x2 convolution of the
+# low-resolution input whose taps are sums of the 3x3 taps; PHASE_TAPS[a][r] lists the 3x3 rows
+# (or columns) that tap r of phase a adds up.
+PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+DECODER_CONVS = ("auto", "subpixel", "concat")
+
+
+def resolve_decoder_conv(choice: str) -> str:
+  """'auto' -> 'subpixel' on the CPU, where it was measured faster, 'concat' elsewhere.
+
+  On a GPU the plain form is kept until the sub-pixel form is measured there.
+  """
+  if choice not in DECODER_CONVS:
+    raise ValueError(f"decoder_conv must be one of {DECODER_CONVS}, got {choice!r}")
+  if choice == "auto":
+    return "subpixel" if jax.default_backend() == "cpu" else "concat"
+  return choice
+
+
+def phase_kernels(kernel: Array) -> Array:
+  """(3, 3, C, F) kernel -> (2, 2, C, 4F): the four phases' 2x2 kernels side by side."""
+  combine = np.zeros((2, 2, 3), np.float32)  # [phase, tap, 3x3 index]
+  for phase, taps in enumerate(PHASE_TAPS):
+    for tap, rows in enumerate(taps):
+      combine[phase, tap, list(rows)] = 1.0
+  combine = jnp.asarray(combine, kernel.dtype)
+  phases = jnp.einsum("arh,bsw,hwcf->rscabf", combine, combine, kernel)
+  return phases.reshape(2, 2, kernel.shape[2], 4 * kernel.shape[3])
+
+
+def conv_upsampled(low: Array, kernel: Array) -> Array:
+  """conv3x3_same(upsample_nearest(low), kernel) with 2.25x fewer multiply-adds.
+
+  One 2x2 'VALID' convolution of the once-padded low-resolution input computes all four
+  phases as 4F output channels; phase (a, b) is its window starting at row a, column b, and the
+  phases interleave into the 2H x 2W output.
+  """
+  n, h, w, _ = low.shape
+  features = kernel.shape[3]
+  padded = jnp.pad(low, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  z = lax.conv_general_dilated(padded, phase_kernels(kernel), (1, 1), "VALID",
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return interleave_phases(z.reshape(n, h + 1, w + 1, 2, 2, features))
+
+
+@jax.custom_vjp
+def interleave_phases(z: Array) -> Array:
+  """(N, H+1, W+1, 2, 2, F) phase outputs -> (N, 2H, 2W, F); phase (a, b) starts at (a, b)."""
+  n, h, w, _, _, features = z.shape
+  h, w = h - 1, w - 1
+  rows = [jnp.stack([z[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, features)
+
+
+def _interleave_forward(z: Array) -> tuple[Array, None]:
+  return interleave_phases(z), None
+
+
+def _interleave_backward(_, dy: Array) -> tuple[Array]:
+  # Autodiff would pad every phase's cotangent to the whole (..., 2, 2, F) array and add the
+  # four; writing each phase into its own slot is one fusion and a quarter of the traffic.
+  n, h2, w2, features = dy.shape
+  h, w = h2 // 2, w2 // 2
+  dy = dy.reshape(n, h, 2, w, 2, features)
+  rows = [jnp.stack([jnp.pad(dy[:, :, a, :, b], ((0, 0), (a, 1 - a), (b, 1 - b), (0, 0)))
+                     for b in (0, 1)], axis=3) for a in (0, 1)]
+  return (jnp.stack(rows, axis=3),)
+
+
+interleave_phases.defvjp(_interleave_forward, _interleave_backward)
+
+
+class UpsampleConcatConv(nn.Module):
+  """conv3x3_same(concat([upsample_nearest(low), skip])) without building the concatenation.
+
+  Holds the same `kernel` (3, 3, C_low + C_skip, F) and `bias` as the `nn.Conv` it replaces,
+  initialised alike, so checkpoints and parameter counts are unchanged. The kernel's first C_low
+  input channels act on the upsampled half through `conv_upsampled`, the rest on `skip`
+  directly: the same sum in another order (tests/test_models.py checks it against the plain
+  form). On the CPU this removes the largest tensors of the decoder's backward pass
+  (docs/performance.md, entry 13).
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, low: Array, skip: Array) -> Array:
+    if skip.shape[1:3] != (2 * low.shape[1], 2 * low.shape[2]):
+      raise ValueError(f"UpsampleConcatConv: skip {skip.shape} must be twice the size of the "
+                       f"low-resolution input {low.shape}")
+    low_channels = low.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, low_channels + skip.shape[-1], self.features), jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            if self.use_bias else None)
+    low, skip, kernel, bias = nn.dtypes.promote_dtype(low, skip, kernel, bias, dtype=self.dtype)
+    y = conv_upsampled(low, kernel[:, :, :low_channels])
+    y = y + lax.conv_general_dilated(skip, kernel[:, :, low_channels:], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if bias is None else y + bias
+
+
 class UNet(nn.Module):
   """One configurable U-Net; the registered settings pick `block` and `attention`.
 
@@ -152,6 +265,10 @@ class UNet(nn.Module):
     num_classes: logit channels.
     bn_options: BatchNorm momentum / pmap axis overrides (used when batch_norm is on).
     dtype: compute dtype (params float32, logits returned as float32).
+    decoder_conv: how a 'conv' block computes its first convolution of concat([upsampled,
+      skip]): 'concat' literally, 'subpixel' through `UpsampleConcatConv` (same parameters and
+      numbers, fewer operations), 'auto' by backend (`resolve_decoder_conv`). The R2 blocks
+      always use the literal form.
   """
   ifc: int = 32
   block: str = "conv"
@@ -164,8 +281,12 @@ class UNet(nn.Module):
   num_classes: int = 1
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
+  decoder_conv: str = "auto"
 
   def __post_init__(self):
+    if self.decoder_conv not in DECODER_CONVS:
+      raise ValueError(f"UNet decoder_conv must be one of {DECODER_CONVS}, got "
+                       f"{self.decoder_conv!r}")
     if not isinstance(self.ifc, int) or isinstance(self.ifc, bool) or self.ifc < 1:
       raise ValueError(f"UNet ifc must be a positive int, got {self.ifc!r}")
     if self.block not in BLOCKS:
@@ -207,13 +328,17 @@ class UNet(nn.Module):
       skips.append(x)
       x = max_pool_2x2(x)
     x = self._block(self.ifc * 2 ** LEVELS, "bottleneck")(x, train)
+    subpixel = self.block == "conv" and resolve_decoder_conv(self.decoder_conv) == "subpixel"
     for level in reversed(range(LEVELS)):
-      x = upsample_nearest(x)
+      block = self._block(self.ifc * 2 ** level, f"decoder{level + 1}")
+      low, x = x, upsample_nearest(x)
       skip = skips[level]
       if self.attention:
         skip = AttentionGate(self.dtype, name=f"attention{level + 1}")(skip, x)
-      x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-      x = self._block(self.ifc * 2 ** level, f"decoder{level + 1}")(x, train)
+      if subpixel:  # the same block, without materialising the upsampled concatenation
+        x = block(low, train, skip=skip.astype(low.dtype))
+      else:
+        x = block(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1), train)
     x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                 name="head")(x)
     return x.astype(jnp.float32)
