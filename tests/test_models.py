@@ -351,3 +351,24 @@ def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
   np.testing.assert_array_equal(Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
   with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\], got 1.5"):
     Dropout(1.5).apply({}, x, deterministic=False, rngs={"dropout": key})
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(monkeypatch,
+                                                                                  backend):
+  from flax import linen as nn
+  from lesion_jax.models.layers import PointwiseConv
+  # 'cpu' takes the matrix-product gradients, any other backend the convolution's own.
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, 5, 7, 4)).astype(np.float32))
+  reference, layer = nn.Conv(4, (1, 1)), PointwiseConv(4)
+  variables = reference.init(jax.random.key(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
+                                   layer.init(jax.random.key(0), x)))
+  want, want_vjp = jax.vjp(lambda v, x: reference.apply(v, x), variables, x)
+  got, got_vjp = jax.vjp(jax.jit(lambda v, x: layer.apply(v, x)), variables, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_vjp(cotangent)), jax.tree.leaves(want_vjp(cotangent))):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

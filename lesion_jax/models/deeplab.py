@@ -27,8 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.layers import (BatchNormOptions, ConvBN, Dropout, check_input_size,
-                                      resize_bilinear)
+from lesion_jax.models.layers import (BatchNormOptions, ConvBN, Dropout, PointwiseConv,
+                                      check_input_size, resize_bilinear)
 
 Array = jax.Array
 
@@ -184,7 +184,6 @@ class DeepLab(nn.Module):
       y = DeepLabDecoder(self.depthwise_implementation, bn_options=self.bn_options,
                          dtype=self.dtype, name="decoder")(
           y, features[self.low_level_stride], train)
-    y = nn.Conv(self.num_classes, (1, 1), use_bias=True, dtype=self.dtype,
-                param_dtype=jnp.float32, name="logits")(y)
+    y = PointwiseConv(self.num_classes, use_bias=True, dtype=self.dtype, name="logits")(y)
     y = y.astype(jnp.float32)
     return resize_bilinear(y, height, width) if self.upsample_logits else y

@@ -367,6 +367,64 @@ def relu6(x: Array) -> Array:
   return jnp.clip(x, 0, 6)
 
 
+def _conv1x1(x: Array, kernel: Array) -> Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def pointwise_conv(x: Array, kernel: Array) -> Array:
+  """A 1x1 convolution of NHWC `x` with a (1, 1, C, F) kernel; on the CPU, matrix-product gradients.
+
+  XLA's CPU backend differentiates a 1x1 convolution into a weight-gradient convolution whose
+  window is the whole image, run on one thread after transposing both operands. On the CPU the
+  gradients are therefore written as matrix products over the channel axis (one multi-threaded
+  GEMM each, no copies), while the forward pass stays a convolution, so exported graphs keep
+  their CONV_2D ops (docs/performance.md, entry 14; a dot in the forward pass as well was
+  slower). Other backends differentiate the convolution as usual.
+  """
+  if jax.default_backend() == "cpu":
+    return _pointwise_conv_matmul_grads(x, kernel)
+  return _conv1x1(x, kernel)
+
+
+@jax.custom_vjp
+def _pointwise_conv_matmul_grads(x: Array, kernel: Array) -> Array:
+  return _conv1x1(x, kernel)
+
+
+def _pointwise_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+  return _conv1x1(x, kernel), (x, kernel)
+
+
+def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+  x, kernel = residuals
+  d_x = lax.dot_general(dy, kernel[0, 0], (((3,), (1,)), ((), ())))
+  d_kernel = lax.dot_general(x, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+  return d_x.astype(x.dtype), d_kernel[None, None].astype(kernel.dtype)
+
+
+_pointwise_conv_matmul_grads.defvjp(_pointwise_forward, _pointwise_backward)
+
+
+class PointwiseConv(nn.Module):
+  """`nn.Conv(features, (1, 1))` with the same parameters, computed by `pointwise_conv`."""
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Array] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = pointwise_conv(x, kernel)
+    return y if bias is None else y + bias
+
+
 class ConvBN(nn.Module):
   """Convolution (no bias) -> BatchNorm -> optional activation: the TF-slim/Keras conv unit.
 
@@ -393,6 +451,8 @@ class ConvBN(nn.Module):
           self.features, kernel_size=self.kernel_size, strides=self.strides,
           dilation=self.dilation, padding=self.padding,
           implementation=self.depthwise_implementation, dtype=self.dtype, name="conv")(x)
+    elif self.kernel_size == 1 and self.strides == 1:
+      x = PointwiseConv(self.features, use_bias=False, dtype=self.dtype, name="conv")(x)
     else:
       # lax's 'SAME' follows the TF rule (extra pixel after), which Keras/TF weights expect.
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lesion_jax.models.layers import BatchNormOptions, Dropout, check_input_size, max_pool_2x2
+from lesion_jax.models.layers import (BatchNormOptions, Dropout, PointwiseConv, check_input_size,
+                                      max_pool_2x2)
 
 Array = jax.Array
 
@@ -115,8 +116,7 @@ class RecurrentResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                  name="shortcut")(x)
+      x = PointwiseConv(self.features, dtype=self.dtype, name="shortcut")(x)
     shortcut = x
     for index in range(self.recurrent_units):
       if index and self.dropout_rate:
@@ -133,8 +133,8 @@ class AttentionGate(nn.Module):
   @nn.compact
   def __call__(self, skip: Array, gate: Array) -> Array:
     inter = max(gate.shape[-1] // 4, 1)
-    conv = lambda features, name: nn.Conv(features, (1, 1), dtype=self.dtype,  # noqa: E731
-                                          param_dtype=jnp.float32, name=name)
+    conv = lambda features, name: PointwiseConv(features, dtype=self.dtype,  # noqa: E731
+                                                name=name)
     theta = conv(inter, "theta")(skip)
     phi = conv(inter, "phi")(gate)
     psi = nn.sigmoid(conv(1, "psi")(nn.relu(theta + phi)))
@@ -339,6 +339,5 @@ class UNet(nn.Module):
         x = block(low, train, skip=skip.astype(low.dtype))
       else:
         x = block(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1), train)
-    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                name="head")(x)
+    x = PointwiseConv(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
