@@ -187,7 +187,9 @@ def conv_upsampled(low: Array, kernel: Array) -> Array:
   n, h, w, _ = low.shape
   features = kernel.shape[3]
   padded = jnp.pad(low, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  z = lax.conv_general_dilated(padded, phase_kernels(kernel), (1, 1), "VALID",
+  # The taps are summed in the kernel's own precision (float32 parameters) before the cast to
+  # the compute dtype, so bfloat16 compute rounds each phase kernel once.
+  z = lax.conv_general_dilated(padded, phase_kernels(kernel).astype(low.dtype), (1, 1), "VALID",
                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return interleave_phases(z.reshape(n, h + 1, w + 1, 2, 2, features))
 
@@ -243,9 +245,10 @@ class UpsampleConcatConv(nn.Module):
                         (3, 3, low_channels + skip.shape[-1], self.features), jnp.float32)
     bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
             if self.use_bias else None)
-    low, skip, kernel, bias = nn.dtypes.promote_dtype(low, skip, kernel, bias, dtype=self.dtype)
+    low, skip, skip_kernel, bias = nn.dtypes.promote_dtype(
+        low, skip, kernel[:, :, low_channels:], bias, dtype=self.dtype)
     y = conv_upsampled(low, kernel[:, :, :low_channels])
-    y = y + lax.conv_general_dilated(skip, kernel[:, :, low_channels:], (1, 1), "SAME",
+    y = y + lax.conv_general_dilated(skip, skip_kernel, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y if bias is None else y + bias
 
