@@ -14,7 +14,7 @@ memory. `--warmup` steps run first and are not timed; then each of `--steps` ste
 its own (eager CPU execution is synchronous). Per model it prints one line: parameter count,
 median step time, its 10th and 90th percentiles, and train images/s = batch / median step time.
 
-Models (layouts of lesion_jax/models and /work/shared/docs/architecture.md):
+Models (the layouts of lesion_jax/models, which follow the paper's architecture notes):
   unet_ifc16               U-Net, ifC 16, dropout 0.2, no BatchNorm            1,962,625 params
   mobile_deeplab_alpha035  DeepLab + MobileNetV2 alpha 0.35, OS 16, no ASPP,
                            no decoder (the paper's "reduced Mobile DeepLab")     440,417 params
@@ -22,7 +22,7 @@ Models (layouts of lesion_jax/models and /work/shared/docs/architecture.md):
 
 Run it in a separate virtualenv with PyTorch (CPU) and numpy, from the repository root:
 
-    /root/.pyenv/versions/3.11.7/bin/python -m venv /tmp/torchenv
+    python3 -m venv /tmp/torchenv
     /tmp/torchenv/bin/pip install torch numpy
     /tmp/torchenv/bin/python docs/pytorch_reference.py --model all --image_size 256 \\
         --batch 4 --steps 10 --warmup 2 --threads 2
