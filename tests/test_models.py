@@ -292,31 +292,41 @@ def test_conv_upsampled_equals_conv_of_nearest_upsampling():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["unet", "att_unet"])
-def test_subpixel_decoder_has_the_same_parameters_and_numbers_as_the_concat_form(name):
-  concat = create_model(name, ifc=16, decoder_conv="concat").clone(ifc=4)
-  subpixel = create_model(name, ifc=16, decoder_conv="subpixel").clone(ifc=4)
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 48, 3)).astype(np.float32))
-  variables = concat.init(jax.random.key(0), x)
+# AttU-Net gates the skip before the same decoder call, so its forward pass is checked; the
+# gradients (one more compile) are checked on the U-Net.
+@pytest.mark.parametrize("name, with_gradients", [("unet", True), ("att_unet", False)])
+def test_subpixel_decoder_has_the_same_parameters_and_numbers_as_the_concat_form(
+    name, with_gradients):
+  concat = create_model(name, ifc=16, decoder_conv="concat").clone(ifc=2)
+  subpixel = create_model(name, ifc=16, decoder_conv="subpixel").clone(ifc=2)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 32, 3)).astype(np.float32))
+  # One compile each (eager init and grad would compile every primitive separately).
+  variables = jax.jit(concat.init)(jax.random.key(0), x)
   # Same tree, same shapes and the same initial values: checkpoints move between the forms.
   same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
-                      subpixel.init(jax.random.key(0), x))
+                      jax.jit(subpixel.init)(jax.random.key(0), x))
   assert all(jax.tree.leaves(same))
 
-  def loss(model, params):
-    return jnp.sum(model.apply({"params": params}, x) ** 2)
+  @jax.jit
+  def outputs_and_gradients(params):
+    def loss(model, params):
+      return jnp.sum(model.apply({"params": params}, x) ** 2)
+    return [(m.apply({"params": params}, x),
+             jax.grad(lambda p, m=m: loss(m, p))(params) if with_gradients else {})
+            for m in (concat, subpixel)]
 
-  np.testing.assert_allclose(subpixel.apply(variables, x), concat.apply(variables, x),
-                             rtol=1e-5, atol=1e-6)
-  # bfloat16 compute: the phase kernels are summed in float32 first, so the two forms stay
-  # within bfloat16's rounding of each other.
-  in_bf16 = [m.clone(dtype=jnp.bfloat16).apply(variables, x) for m in (concat, subpixel)]
-  np.testing.assert_allclose(in_bf16[1], in_bf16[0], atol=0.02 * float(jnp.abs(in_bf16[0]).max()))
-  grads = [jax.grad(lambda p, m=m: loss(m, p))(variables["params"]) for m in (concat, subpixel)]
-  flat = [dict(flax.traverse_util.flatten_dict(g)) for g in grads]
+  (want_y, want_grads), (got_y, got_grads) = outputs_and_gradients(variables["params"])
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-6)
+  flat = [dict(flax.traverse_util.flatten_dict(g)) for g in (want_grads, got_grads)]
   for path, want in flat[0].items():
     scale = float(jnp.abs(want).max()) + 1e-12
     np.testing.assert_allclose(flat[1][path] / scale, want / scale, atol=1e-5, err_msg=str(path))
+
+
+def nn_conv_same(x, kernel):
+  from jax import lax
+  return lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
@@ -325,6 +335,18 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
     assert unet_lib.resolve_decoder_conv("auto") == expected
   assert unet_lib.resolve_decoder_conv("concat") == "concat"
+  # bfloat16 compute: the phase kernels are summed in float32 before the cast, so the sub-pixel
+  # layer stays within bfloat16's rounding of the literal form.
+  rng = np.random.default_rng(2)
+  low = jnp.asarray(rng.normal(size=(1, 4, 6, 8)).astype(np.float32))
+  skip = jnp.asarray(rng.normal(size=(1, 8, 12, 4)).astype(np.float32))
+  layer = unet_lib.UpsampleConcatConv(5, dtype=jnp.bfloat16)
+  variables = layer.init(jax.random.key(0), low, skip)
+  literal = nn_conv_same(jnp.concatenate([unet_lib.upsample_nearest(low), skip], -1),
+                         variables["params"]["kernel"]) + variables["params"]["bias"]
+  got = layer.apply(variables, low, skip)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(got.astype(np.float32), literal, atol=0.02 * float(jnp.abs(literal).max()))
   with pytest.raises(ValueError, match=r"decoder_conv must be one of \('auto', 'subpixel', "):
     create_model("unet", ifc=16, decoder_conv="pixelshuffle")
 
@@ -376,3 +398,58 @@ def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   for g, w in zip(jax.tree.leaves(got_vjp(cotangent)), jax.tree.leaves(want_vjp(cotangent))):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across_devices(
+    monkeypatch, backend):
+  from flax import linen as nn
+  from lesion_jax.models.layers import BatchNorm
+  # 'cpu' takes the hand-written gradient, any other backend autodiff of the same forward pass.
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 6, 5, 8)).astype(np.float32) * 3 + 1)
+  cotangent = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+  params = {"scale": jnp.asarray(rng.normal(size=8).astype(np.float32)),
+            "bias": jnp.asarray(rng.normal(size=8).astype(np.float32))}
+  stats = {"mean": jnp.full((8,), 0.5), "var": jnp.full((8,), 2.0)}
+
+  def train_mode(module, params, x, axis_name=None):
+    module = module.clone(axis_name=axis_name)
+    return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=False,
+                        mutable=["batch_stats"])
+
+  reference, layer = nn.BatchNorm(momentum=0.9, epsilon=1e-3), BatchNorm(momentum=0.9,
+                                                                          epsilon=1e-3)
+  assert jax.tree.all(jax.tree.map(  # same variables, same initial values
+      lambda a, b: bool(jnp.array_equal(a, b)),
+      reference.init(jax.random.key(0), x, use_running_average=False),
+      layer.init(jax.random.key(0), x, use_running_average=False)))
+  results = []
+  for module in (reference, layer):
+    (y, updates), vjp = jax.vjp(lambda p, x, m=module: train_mode(m, p, x), params, x)
+    results.append((y, updates, vjp((cotangent, jax.tree.map(jnp.zeros_like, updates)))))
+  (y_ref, updates_ref, grads_ref), (y, updates, grads) = results
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves((updates, grads)), jax.tree.leaves((updates_ref, grads_ref))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Evaluation uses the running averages, as flax does.
+  np.testing.assert_allclose(
+      layer.apply({"params": params, "batch_stats": stats}, x, use_running_average=True),
+      reference.apply({"params": params, "batch_stats": stats}, x, use_running_average=True),
+      rtol=1e-5, atol=1e-5)
+  # Data parallel: two "devices" (a named vmap axis) with half the batch each normalise with
+  # the global statistics, so outputs and input gradients equal the one-device ones, and the
+  # parameter gradients are per-device parts of the one-device gradient.
+  halves = x.reshape(2, 2, *x.shape[1:])
+
+  def per_device(x, dy):
+    (y, _), vjp = jax.vjp(lambda p, x: train_mode(layer, p, x, "devices"), params, x)
+    d_params, d_x = vjp((dy, {"batch_stats": jax.tree.map(jnp.zeros_like, stats)}))
+    return y, d_x, d_params
+
+  y2, dx2, dp2 = jax.vmap(per_device, axis_name="devices")(halves, cotangent.reshape(halves.shape))
+  np.testing.assert_allclose(y2.reshape(x.shape), y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx2.reshape(x.shape), grads[1], rtol=1e-4, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(dp2), jax.tree.leaves(grads[0])):
+    np.testing.assert_allclose(got.sum(0), want, rtol=1e-4, atol=1e-4)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lesion_jax.models.layers import (BatchNormOptions, Dropout, PointwiseConv, check_input_size,
-                                      max_pool_2x2)
+from lesion_jax.models.layers import (BatchNorm, BatchNormOptions, Dropout, PointwiseConv,
+                                      check_input_size, max_pool_2x2)
 
 Array = jax.Array
 
@@ -52,10 +52,10 @@ class ConvUnit(nn.Module):
                              name="conv")(x, skip)
     if self.batch_norm:
       momentum = self.bn_options.momentum
-      x = nn.BatchNorm(use_running_average=not train,
-                       momentum=0.99 if momentum is None else momentum,
-                       axis_name=self.bn_options.axis_name, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="bn")(x)
+      x = BatchNorm(use_running_average=not train,
+                    momentum=0.99 if momentum is None else momentum,
+                    axis_name=self.bn_options.axis_name, dtype=self.dtype,
+                    param_dtype=jnp.float32, name="bn")(x)
     return nn.relu(x)
 
 
