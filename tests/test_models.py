@@ -346,7 +346,8 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
                          variables["params"]["kernel"]) + variables["params"]["bias"]
   got = layer.apply(variables, low, skip)
   assert got.dtype == jnp.bfloat16
-  np.testing.assert_allclose(got.astype(np.float32), literal, atol=0.02 * float(jnp.abs(literal).max()))
+  np.testing.assert_allclose(got.astype(np.float32), literal,
+                             atol=0.02 * float(jnp.abs(literal).max()))
   with pytest.raises(ValueError, match=r"decoder_conv must be one of \('auto', 'subpixel', "):
     create_model("unet", ifc=16, decoder_conv="pixelshuffle")
 
@@ -431,7 +432,8 @@ def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across
     results.append((y, updates, vjp((cotangent, jax.tree.map(jnp.zeros_like, updates)))))
   (y_ref, updates_ref, grads_ref), (y, updates, grads) = results
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
-  for got, want in zip(jax.tree.leaves((updates, grads)), jax.tree.leaves((updates_ref, grads_ref))):
+  for got, want in zip(jax.tree.leaves((updates, grads)),
+                       jax.tree.leaves((updates_ref, grads_ref))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Evaluation uses the running averages, as flax does.
   np.testing.assert_allclose(

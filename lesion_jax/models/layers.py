@@ -295,8 +295,9 @@ class DepthwiseConv2D(nn.Module):
       ((top, bottom), (left, right)).
     implementation: 'auto' | 'shifted' | 'xla'. 'auto' uses 'shifted' on CPU and GPU and 'xla'
       elsewhere (TPU). On an H200 at 512x512, batch 4, a whole train step of the reduced Mobile
-      DeepLab took 8.8 ms shifted against 11.6 ms xla. Measured on the 2-core development CPU (shared, load ~1.5), x 4x64x64x96
-      float32, 3x3, jit'ed fwd+bwd of sum(y**2) w.r.t. input and kernel, median of 20:
+      DeepLab took 8.8 ms shifted against 11.6 ms xla. Measured on the 2-core development CPU
+      (shared, load ~1.5), x 4x64x64x96 float32, 3x3, jit'ed fwd+bwd of sum(y**2) w.r.t. input
+      and kernel, median of 20:
       stride 1: shifted 32.4 ms, xla 169.7 ms; stride 2: shifted 5.9 ms, xla 139.8 ms;
       dilation 2: shifted 34.3 ms, xla 170.3 ms.
     use_bias: add a per-channel bias (DeepLab and MobileNetV2 use BN instead, so off).
