@@ -292,30 +292,31 @@ def test_conv_upsampled_equals_conv_of_nearest_upsampling():
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
 
-# AttU-Net gates the skip before the same decoder call, so its forward pass is checked; the
-# gradients (one more compile) are checked on the U-Net.
-@pytest.mark.parametrize("name, with_gradients", [("unet", True), ("att_unet", False)])
-def test_subpixel_decoder_has_the_same_parameters_and_numbers_as_the_concat_form(
-    name, with_gradients):
-  concat = create_model(name, ifc=16, decoder_conv="concat").clone(ifc=2)
-  subpixel = create_model(name, ifc=16, decoder_conv="subpixel").clone(ifc=2)
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 32, 3)).astype(np.float32))
-  # One compile each (eager init and grad would compile every primitive separately).
-  variables = jax.jit(concat.init)(jax.random.key(0), x)
-  # Same tree, same shapes and the same initial values: checkpoints move between the forms.
-  same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
-                      jax.jit(subpixel.init)(jax.random.key(0), x))
-  assert all(jax.tree.leaves(same))
+@pytest.mark.parametrize("name", ["unet", "att_unet"])
+def test_subpixel_decoder_keeps_the_parameter_tree(name):
+  # Same names and shapes (from shapes alone, nothing compiles): checkpoints move between forms.
+  shapes = [jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x),
+                           jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+            for m in (create_model(name, ifc=16, decoder_conv=d) for d in ("concat", "subpixel"))]
+  assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
+  assert jax.tree.leaves(shapes[0]) == jax.tree.leaves(shapes[1])
 
-  @jax.jit
+
+def test_subpixel_decoder_gives_the_same_outputs_and_gradients_as_the_concat_form():
+  # AttU-Net gates the skip before the same decoder call; the U-Net's numbers cover both.
+  concat = create_model("unet", ifc=16, decoder_conv="concat").clone(ifc=2)
+  subpixel = concat.clone(decoder_conv="subpixel")
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 32, 3)).astype(np.float32))
+  params = numpy_variables(concat, x.shape)["params"]
+
+  @jax.jit  # one compile for both forms' outputs and gradients
   def outputs_and_gradients(params):
     def loss(model, params):
       return jnp.sum(model.apply({"params": params}, x) ** 2)
-    return [(m.apply({"params": params}, x),
-             jax.grad(lambda p, m=m: loss(m, p))(params) if with_gradients else {})
+    return [(m.apply({"params": params}, x), jax.grad(lambda p, m=m: loss(m, p))(params))
             for m in (concat, subpixel)]
 
-  (want_y, want_grads), (got_y, got_grads) = outputs_and_gradients(variables["params"])
+  (want_y, want_grads), (got_y, got_grads) = outputs_and_gradients(params)
   np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-6)
   flat = [dict(flax.traverse_util.flatten_dict(g)) for g in (want_grads, got_grads)]
   for path, want in flat[0].items():
@@ -342,8 +343,12 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
   skip = jnp.asarray(rng.normal(size=(1, 8, 12, 4)).astype(np.float32))
   layer = unet_lib.UpsampleConcatConv(5, dtype=jnp.bfloat16)
   variables = layer.init(jax.random.key(0), low, skip)
-  literal = nn_conv_same(jnp.concatenate([unet_lib.upsample_nearest(low), skip], -1),
-                         variables["params"]["kernel"]) + variables["params"]["bias"]
+  # The same initial values as the nn.Conv it replaces, given the same key.
+  from flax import linen as nn
+  joined = jnp.concatenate([unet_lib.upsample_nearest(low), skip], -1)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
+                                   nn.Conv(5, (3, 3)).init(jax.random.key(0), joined)))
+  literal = nn_conv_same(joined, variables["params"]["kernel"]) + variables["params"]["bias"]
   got = layer.apply(variables, low, skip)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(np.float32), literal,
