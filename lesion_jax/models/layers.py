@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -88,9 +89,7 @@ def dropout_keep_mask(key: Array, rate: float, shape: Sequence[int]) -> tuple[Ar
   Returns the mask and its exact keep probability, 1 - round(rate * 2**16) / 2**16 (for the
   paper's 0.2: 0.80000305), which the caller divides by so the expected output equals the input.
   """
-  size = 1
-  for dim in shape:
-    size *= int(dim)
+  size = math.prod(int(dim) for dim in shape)
   threshold = int(round(rate * 2 ** DROPOUT_BITS))
   words = jax.random.bits(key, (-(-size // 2),), jnp.uint32)
   # A bitcast, not arithmetic: each uint32 word becomes two uint16 numbers.
@@ -368,8 +367,9 @@ def relu6(x: Array) -> Array:
   return jnp.clip(x, 0, 6)
 
 
-def _conv1x1(x: Array, kernel: Array) -> Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+def conv_nhwc(x: Array, kernel: Array, padding: str = "VALID") -> Array:
+  """Stride-1 convolution of NHWC `x` with an HWIO `kernel` (lax's 'SAME' is TF's rule)."""
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -385,16 +385,16 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
   """
   if jax.default_backend() == "cpu":
     return _pointwise_conv_matmul_grads(x, kernel)
-  return _conv1x1(x, kernel)
+  return conv_nhwc(x, kernel)
 
 
 @jax.custom_vjp
 def _pointwise_conv_matmul_grads(x: Array, kernel: Array) -> Array:
-  return _conv1x1(x, kernel)
+  return conv_nhwc(x, kernel)
 
 
 def _pointwise_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
-  return _conv1x1(x, kernel), (x, kernel)
+  return conv_nhwc(x, kernel), (x, kernel)
 
 
 def _pointwise_backward(residuals: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
@@ -446,11 +446,18 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float,
   return _batch_norm_train_forward(x, scale, bias, epsilon, axis_name)[0]
 
 
-def _batch_norm_train_forward(x, scale, bias, epsilon, axis_name):
-  mean, var = _batch_stats(x, axis_name)
+def _normalize(x: Array, mean: Array, var: Array, scale: Array, bias: Array,
+               epsilon: float) -> tuple[Array, Array]:
+  """(x - mean) / sqrt(var + epsilon) * scale + bias in float32, cast back; and 1 / sqrt(...)."""
   inverse = lax.rsqrt(var + epsilon)
   y = (x.astype(jnp.float32) - mean) * (inverse * scale) + bias
-  return (y.astype(x.dtype), mean, var), (x, mean, inverse, scale)
+  return y.astype(x.dtype), inverse
+
+
+def _batch_norm_train_forward(x, scale, bias, epsilon, axis_name):
+  mean, var = _batch_stats(x, axis_name)
+  y, inverse = _normalize(x, mean, var, scale, bias, epsilon)
+  return (y, mean, var), (x, mean, inverse, scale)
 
 
 def _batch_norm_train_backward(epsilon, axis_name, residuals, cotangents):
@@ -502,12 +509,10 @@ class BatchNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones_init(), features, self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype)
     x = x.astype(self.dtype)
-    if use_running_average:
-      inverse = lax.rsqrt(ra_var.value + self.epsilon)
-      y = (x.astype(jnp.float32) - ra_mean.value) * (inverse * scale) + bias
-      return y.astype(self.dtype)
-    axis_name = None if self.is_initializing() else self.axis_name
     scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
+    if use_running_average:
+      return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)[0]
+    axis_name = None if self.is_initializing() else self.axis_name
     if jax.default_backend() == "cpu":
       y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, axis_name)
     else:  # autodiff of the same forward pass: the hand-written gradient is measured on CPU only

@@ -23,10 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from lesion_jax.models.layers import (BatchNorm, BatchNormOptions, Dropout, PointwiseConv,
-                                      check_input_size, max_pool_2x2)
+                                      check_input_size, conv_nhwc, max_pool_2x2)
 
 Array = jax.Array
 
@@ -189,8 +188,7 @@ def conv_upsampled(low: Array, kernel: Array) -> Array:
   padded = jnp.pad(low, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # The taps are summed in the kernel's own precision (float32 parameters) before the cast to
   # the compute dtype, so bfloat16 compute rounds each phase kernel once.
-  z = lax.conv_general_dilated(padded, phase_kernels(kernel).astype(low.dtype), (1, 1), "VALID",
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  z = conv_nhwc(padded, phase_kernels(kernel).astype(low.dtype))
   return interleave_phases(z.reshape(n, h + 1, w + 1, 2, 2, features))
 
 
@@ -248,8 +246,7 @@ class UpsampleConcatConv(nn.Module):
     low, skip, skip_kernel, bias = nn.dtypes.promote_dtype(
         low, skip, kernel[:, :, low_channels:], bias, dtype=self.dtype)
     y = conv_upsampled(low, kernel[:, :, :low_channels])
-    y = y + lax.conv_general_dilated(skip, skip_kernel, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y + conv_nhwc(skip, skip_kernel, "SAME")
     return y if bias is None else y + bias
 
 
