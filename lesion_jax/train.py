@@ -51,24 +51,12 @@ def _variables(params, batch_stats) -> dict:
   return variables
 
 
-def dropout_key(step_rng: jax.Array) -> jax.Array:
-  """The key of one step's dropout masks: an 'rbg' key drawn from the step's threefry key.
-
-  Dropout needs as many random bits as activations (16M per U-Net step at 256x256, batch 4).
-  JAX's default threefry generator is computed elementwise in XLA and took ~170 ms of a ~1 s
-  U-Net step on the CPU; 'rbg' keys draw through XLA's RngBitGenerator (Philox), about twice as
-  fast (docs/performance.md, entry 8). Masks stay a pure function of (seed, step, device); only
-  their bits differ from threefry's, and RngBitGenerator's bits may change between XLA versions.
-  """
-  return jax.random.wrap_key_data(jax.random.bits(step_rng, (4,), jnp.uint32), impl="rbg")
-
-
 def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                loss_fn: Callable) -> tuple[TrainState, dict]:
   """One optimisation step on this device's share of the batch."""
-  step_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                                parallel.replica_index())
-  dropout_rng = dropout_key(step_rng)
+  # Dropout masks are a pure function of (seed, step, device); models/philox.py draws them.
+  dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                   parallel.replica_index())
 
   def compute_loss(params):
     logits, updates = state.apply_fn(
@@ -646,7 +634,7 @@ def _log_predictions(writer: MetricWriter, predict, source, preprocess, step: in
   writer.images("validation/truth_vs_probability", step, panels.astype(np.float32))
 
 
-__all__ = ["TrainState", "dropout_key", "train_step", "eval_step", "predict_step",
+__all__ = ["TrainState", "train_step", "eval_step", "predict_step",
            "create_train_state", "train_and_evaluate", "evaluate", "Evaluation",
            "NonFiniteLossError", "RUN_OUTPUTS"]
 

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lesion_jax.models import philox
+
 Array = jax.Array
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -77,9 +79,10 @@ def max_pool_2x2(x: Array) -> Array:
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-# Dropout draws one 16-bit uniform number per activation, two from each 32-bit word of the
-# generator: drawing the random bits was ~13% of a U-Net step on the CPU, and 16 bits resolve the
-# paper's rates to 1/65536 (docs/performance.md, entry 12).
+# Dropout draws one 16-bit uniform number per activation from Philox-4x32-10 written in jnp
+# (models/philox.py): drawing the random bits was ~13% of a U-Net step on the CPU through XLA's
+# generators, and 16 bits resolve the paper's rates to 1/65536 (docs/performance.md, entries 12
+# and 16).
 DROPOUT_BITS = 16
 
 
@@ -91,17 +94,13 @@ def dropout_keep_mask(key: Array, rate: float, shape: Sequence[int]) -> tuple[Ar
   """
   size = math.prod(int(dim) for dim in shape)
   threshold = int(round(rate * 2 ** DROPOUT_BITS))
-  words = jax.random.bits(key, (-(-size // 2),), jnp.uint32)
-  # A bitcast, not arithmetic: each uint32 word becomes two uint16 numbers.
-  uniform16 = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
-  if uniform16.shape[0] != size:
-    uniform16 = uniform16[:size]
+  uniform16 = philox.uniform_uint16(key, size)
   keep = uniform16.reshape(tuple(shape)) >= jnp.uint16(threshold)
   return keep, 1.0 - threshold / 2 ** DROPOUT_BITS
 
 
 class Dropout(nn.Module):
-  """Inverted dropout like `nn.Dropout`, drawing 16 random bits per activation instead of 32.
+  """Inverted dropout like `nn.Dropout`, with 16 random bits per activation from our Philox.
 
   Same interface and semantics as `nn.Dropout` (the 'dropout' RNG stream, `deterministic`,
   scaling kept activations so the expected output equals the input); only the random numbers
