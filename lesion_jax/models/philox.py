@@ -63,11 +63,9 @@ def uniform_uint16(key: Array, size: int) -> Array:
   c0, c1, c2, c3 = philox4x32((index, zero, zero, zero), (words[0], words[1]))
   with jax.enable_x64(True):
     # Two uint64 planes rather than four uint32 ones: XLA's CPU backend has no multi-output
-    # fusion, so each plane recomputes the rounds; the barrier keeps every consumer of the
-    # numbers from recomputing them once more.
-    planes = lax.optimization_barrier(
-        [c0.astype(jnp.uint64) | (c1.astype(jnp.uint64) << jnp.uint64(32)),
-         c2.astype(jnp.uint64) | (c3.astype(jnp.uint64) << jnp.uint64(32))])
+    # fusion, so each plane computes the rounds again (docs/performance.md, entry 16).
+    planes = [c0.astype(jnp.uint64) | (c1.astype(jnp.uint64) << jnp.uint64(32)),
+              c2.astype(jnp.uint64) | (c3.astype(jnp.uint64) << jnp.uint64(32))]
     numbers = lax.bitcast_convert_type(jnp.concatenate(planes), jnp.uint16).reshape(-1)
   return numbers[:size] if numbers.shape[0] != size else numbers
 
