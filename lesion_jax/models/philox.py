@@ -62,8 +62,11 @@ def uniform_uint16(key: Array, size: int) -> Array:
   zero = jnp.zeros_like(index)
   c0, c1, c2, c3 = philox4x32((index, zero, zero, zero), (words[0], words[1]))
   with jax.enable_x64(True):
-    # Two uint64 planes rather than four uint32 ones: XLA's CPU backend has no multi-output
-    # fusion, so each plane computes the rounds again (docs/performance.md, entry 16).
+    # Two uint64 planes, joined: each plane's fusion runs the rounds for its own words (XLA's
+    # CPU backend has no multi-output fusion, so four uint32 planes would run them four times),
+    # and the concatenation is written to memory once. A single plane, with no concatenation,
+    # was fused into every consumer of the mask instead, rounds and all: a U-Net step got ~5%
+    # slower (docs/performance.md, entry 16).
     planes = [c0.astype(jnp.uint64) | (c1.astype(jnp.uint64) << jnp.uint64(32)),
               c2.astype(jnp.uint64) | (c3.astype(jnp.uint64) << jnp.uint64(32))]
     numbers = lax.bitcast_convert_type(jnp.concatenate(planes), jnp.uint16).reshape(-1)
