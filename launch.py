@@ -9,10 +9,15 @@ Flags only: everything an experiment needs is in its config; the work is done by
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from lesion_jax import hugepages
 
-from lesion_jax import experiment
+# Before JAX starts: glibc reads its malloc tunables only when a process starts.
+hugepages.reexec_with_huge_pages()
+
+from absl import app, flags  # noqa: E402 (after the re-execution above)
+from ml_collections import config_flags  # noqa: E402
+
+from lesion_jax import experiment  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -348,7 +348,9 @@ def environment() -> dict:
   device = jax.local_devices()[0]
   return {"device_kind": device.device_kind, "platform": device.platform,
           "jax_version": jax.__version__, "local_devices": jax.local_device_count(),
-          "host_cpus": os.cpu_count(), "python": platform.python_version()}
+          "host_cpus": os.cpu_count(), "python": platform.python_version(),
+          # Huge pages for host memory change CPU step times by 10-20% (lesion_jax/hugepages.py).
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def _device_counts(available: int) -> list[int]:
@@ -554,6 +556,11 @@ def markdown(rows: Sequence[dict], env: dict, notes: Sequence[str] = ()) -> str:
       f"batch {first.get('batch_per_device', '?')} per device unless a sweep says otherwise. "
       "Steady-state images/s exclude compilation (median step time; p10-p90 in brackets).",
   ]
+  if env.get("platform") == "cpu":
+    tunables = env.get("glibc_tunables")
+    lines.append("Host memory: " + (f"GLIBC_TUNABLES={tunables}" if tunables else
+                                    "glibc defaults (4 KiB pages; see lesion_jax/hugepages.py)")
+                 + ".")
   if env.get("load_average_start") is not None:
     lines.append(f"Host load average (1, 5, 15 min) at start {env['load_average_start']}"
                  + (f", at end {env['load_average_end']}" if env.get("load_average_end")
