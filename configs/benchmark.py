@@ -16,9 +16,9 @@ device kind and the JAX version) in the workdir. Useful overrides:
 Expected: every row filled (device peak memory only where the backend reports it: not on CPU),
 parameter counts as in Table 2 (7.85M, 31.90M, 6.00M, 96.51M, 41.05M, 2.11M, 0.44M), and the
 reduced Mobile DeepLab the fastest. On the 2-core development CPU at 256x256, batch 4
-(steps=3, warmup_steps=1; 6 minutes in all, 2026-11-26) train images/s were: U-Net 2.20,
-AttU-Net 0.52, R2U-Net 1.80, AttR2U-Net 0.21, Xception-65 1.12, MobileNetV2 1.0 9.16,
-MobileNetV2 0.35 22.3; the input pipeline alone gave 315 images/s. On one H200 at 512x512
+(steps=3, warmup_steps=1; 5.5 minutes in all, 2026-11-26, huge pages on) train images/s were:
+U-Net 2.29, AttU-Net 0.56, R2U-Net 2.30, AttR2U-Net 0.23, Xception-65 1.13, MobileNetV2 1.0
+10.1, MobileNetV2 0.35 23.4; the input pipeline alone gave 289 images/s. On one H200 at 512x512
 the MobileNetV2 0.35 row trains at ~457 images/s (docs/performance.md, entry 11).
 `:runlocal` (two small models at 64x64, 3 timed steps) takes about 2 minutes on a busy 2-core CPU
 and reports roughly 70-160 train images/s for Mobile DeepLab 0.35 and 20-30 for U-Net ifc 16.
