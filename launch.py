@@ -11,8 +11,10 @@ import sys
 
 from lesion_jax import hugepages
 
-# Before JAX starts: glibc reads its malloc tunables only when a process starts.
-hugepages.reexec_with_huge_pages()
+# Before JAX starts: glibc reads its malloc tunables only when a process starts. Only when run
+# as a script: importing this file must not replace the importing process.
+if __name__ == "__main__":
+  hugepages.reexec_with_huge_pages()
 
 from absl import app, flags  # noqa: E402 (after the re-execution above)
 from ml_collections import config_flags  # noqa: E402
