@@ -6,9 +6,9 @@ multiplications; it passes TestU01's BigCrush, and cuRAND and PyTorch's CUDA dro
 
 Why not `jax.random.bits`: on the CPU, XLA expands its RngBitGenerator (and JAX's threefry) into
 loops it runs at ~5 ns per 32-bit word, and a U-Net step at 256x256 needs 7.6M words for its
-dropout masks (~100 ms of a ~700 ms step). Written as jnp arithmetic, the generator becomes one
-vectorised loop fusion per call, about 3x faster (docs/performance.md, entry 16). Being plain
-arithmetic, its bits are the same on every backend and XLA version.
+dropout masks (~100 ms of a ~700 ms step). Written as jnp arithmetic, the generator becomes
+vectorised loop fusions that take about a third of that time (docs/performance.md, entry 16).
+Being plain arithmetic, its bits are the same on every backend and XLA version.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from jax import lax
 
 Array = jax.Array
 
-# The round multipliers and the Weyl key increments of Philox-4x32 (Salmon et al., table 1).
+# The round multipliers and the Weyl key increments of Philox-4x32 (Salmon et al.; Random123).
 MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 KEY_INCREMENTS = (0x9E3779B9, 0xBB67AE85)
 ROUNDS = 10
