@@ -105,8 +105,10 @@ class CompiledStep:
       # multi-process pmap expects global shapes, while each process holds its local devices'.
       return self._pmapped(*args)
     leaves, treedef = jax.tree.flatten(args)
-    key = (treedef, tuple((np.shape(x), np.result_type(x), getattr(x, "sharding", None))
-                          for x in leaves))
+    # An array's own dtype: np.result_type(array) is deprecated in NumPy (it reads the array
+    # as a dtype); Python scalars have none.
+    key = (treedef, tuple((np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x),
+                           getattr(x, "sharding", None)) for x in leaves))
     executable = self._executables.get(key)
     if executable is None:
       executable = self._executables[key] = self.compile(*args)
