@@ -5,8 +5,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Many tests (and their subprocesses, which inherit the environment) compile the same tiny
 # training step; XLA's persistent cache turns every compile after the first into a disk read.
 # Set before anything imports jax, which reads these variables once. The pytest-xdist workers of
-# `make test` share the one folder: JAX writes each entry whole under its key, and a read that
-# meets a half-written entry fails its decompression, warns and compiles instead.
+# `make test` share the one folder. JAX writes an entry in place under its key (not atomically),
+# so a read that meets a half-written entry fails its decompression, warns and compiles instead.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
