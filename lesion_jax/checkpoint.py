@@ -27,8 +27,22 @@ def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.Checkpoi
       item_names=("state", "meta"))
 
 
-def _to_numpy(tree: Any) -> Any:
+def to_numpy(tree: Any) -> Any:
+  """`tree` fetched from the devices as NumPy arrays."""
   return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def state_to_dict(state) -> dict:
+  """The parts of a train state a latest checkpoint holds (everything but the functions)."""
+  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state, "rng": state.rng}
+
+
+def state_from_dict(state, restored: dict):
+  """`state` with the values of a restored `state_to_dict`."""
+  return state.replace(step=restored["step"], params=restored["params"],
+                       batch_stats=restored["batch_stats"], opt_state=restored["opt_state"],
+                       rng=restored["rng"])
 
 
 class RunCheckpoints:
@@ -51,12 +65,12 @@ class RunCheckpoints:
 
   def save_latest(self, step: int, state: dict, meta: dict) -> None:
     self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_numpy(state)), meta=ocp.args.JsonSave(meta)))
+        state=ocp.args.StandardSave(to_numpy(state)), meta=ocp.args.JsonSave(meta)))
     self.latest.wait_until_finished()
 
   def save_best(self, step: int, variables: dict, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_to_numpy(variables)), meta=ocp.args.JsonSave(meta)))
+        state=ocp.args.StandardSave(to_numpy(variables)), meta=ocp.args.JsonSave(meta)))
     self.best.wait_until_finished()
 
   def restore_latest(self, target: dict, step: int | None = None) -> tuple[dict, dict]:
@@ -77,7 +91,7 @@ class RunCheckpoints:
 def _restore(manager: ocp.CheckpointManager, step: int, target: dict | None):
   """(state, meta) at `step`; with a `target`, the state takes its structure and dtypes."""
   state_args = (ocp.args.PyTreeRestore() if target is None
-                else ocp.args.StandardRestore(_to_numpy(target)))
+                else ocp.args.StandardRestore(to_numpy(target)))
   restored = manager.restore(step, args=ocp.args.Composite(
       state=state_args, meta=ocp.args.JsonRestore()))
   return restored["state"], restored["meta"]
@@ -115,7 +129,7 @@ def read_variables(workdir: str, step: int | None = None) -> tuple[dict, dict]:
           f"{workdir!r} has no {where} (available steps: {sorted(checkpoints.latest.all_steps())})"
           "; train that run first, or choose an available step")
     state, meta = _restore(manager, step, None)
-    state = _to_numpy(state)
+    state = to_numpy(state)
     return ({"params": state["params"], "batch_stats": state.get("batch_stats") or {}},
             dict(meta, step=int(step)))
   finally:

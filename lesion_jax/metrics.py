@@ -122,23 +122,24 @@ def confusion_counts_at_thresholds(probs: jax.Array, masks: jax.Array,
   return counts_sorted[:, jnp.argsort(order)]
 
 
-def drop_padding(counts: np.ndarray | jax.Array, valid: np.ndarray | jax.Array) -> np.ndarray:
-  """Counts of the real examples only, as a host NumPy array.
+def drop_padding(values: np.ndarray | jax.Array, valid: np.ndarray | jax.Array) -> np.ndarray:
+  """The rows of the real examples only, as a host NumPy array (evaluation uses it for counts,
+  losses and image indices alike).
 
   Args:
-    counts: (*lead, 4) or (*lead, T, 4) counts, e.g. lead = (devices, per_device_batch) straight
-      from a pmapped eval step, or (batch,).
+    values: (*lead, ...) per-example values, e.g. counts of shape (*lead, T, 4) with
+      lead = (devices, per_device_batch) straight from a pmapped eval step, or (batch,).
     valid: (*lead) booleans (or 0/1), False where the example is padding.
 
   Returns:
-    (N, 4) or (N, T, 4) with N = the number of valid examples, in row-major order of `lead`.
+    (N, ...) with N = the number of valid examples, in row-major order of `lead`.
   """
-  counts = np.asarray(counts)
+  values = np.asarray(values)
   valid = np.asarray(valid).astype(bool)
-  if counts.shape[:valid.ndim] != valid.shape:
-    raise ValueError(f"valid shape {valid.shape} does not match the leading dims of counts "
-                     f"{counts.shape}")
-  return counts[valid]
+  if values.shape[:valid.ndim] != valid.shape:
+    raise ValueError(f"valid shape {valid.shape} does not match the leading dims of "
+                     f"{values.shape}")
+  return values[valid]
 
 
 def _ratio_or_one(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

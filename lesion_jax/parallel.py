@@ -40,10 +40,6 @@ def cross_replica_mean(tree: Any) -> Any:
   return jax.lax.pmean(tree, axis_name=AXIS_NAME)
 
 
-def cross_replica_sum(tree: Any) -> Any:
-  return jax.lax.psum(tree, axis_name=AXIS_NAME)
-
-
 def replica_index() -> jax.Array:
   """This device's position along the mapped axis (inside step functions)."""
   return jax.lax.axis_index(AXIS_NAME)
@@ -128,17 +124,6 @@ def pmap_eval_step(step: Callable, devices: Sequence[jax.Device],
                       compiler_options)
 
 
-def pmap_local_step(step: Callable, devices: Sequence[jax.Device],
-                    compiler_options: dict[str, Any] | None = None) -> CompiledStep:
-  """pmaps a step without collectives over this host's devices only.
-
-  One process may run it alone (e.g. the main process drawing predictions for a report), where
-  a step mapped over every host would wait for the others forever.
-  """
-  return CompiledStep(jax.pmap(step, axis_name=AXIS_NAME, devices=list(devices)),
-                      compiler_options)
-
-
 def shard(array: np.ndarray, num_devices: int) -> np.ndarray:
   """(global_batch, ...) -> (num_devices, global_batch // num_devices, ...)."""
   if array.shape[0] % num_devices:
@@ -216,6 +201,12 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def gather_from_processes(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Each array concatenated over the processes along its first axis (same shape on each)."""
+  from jax.experimental import multihost_utils
+  return [np.asarray(multihost_utils.process_allgather(a, tiled=True)) for a in arrays]
+
+
 def sync_hosts(name: str) -> None:
   """A barrier across processes (no-op for one process)."""
   if jax.process_count() > 1:
@@ -233,9 +224,9 @@ def assert_replicas_equal(tree: Any) -> None:
 
 
 __all__ = [
-    "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "cross_replica_sum",
-    "replica_index", "replicate", "unreplicate", "CompiledStep", "pmap_train_step",
-    "pmap_eval_step",
-    "pmap_local_step", "shard", "prefetch_to_devices", "to_host", "initialize_distributed",
-    "process_index", "process_count", "is_main_process", "sync_hosts", "assert_replicas_equal",
+    "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "replica_index",
+    "replicate", "unreplicate", "CompiledStep", "pmap_train_step", "pmap_eval_step", "shard",
+    "prefetch_to_devices", "to_host", "initialize_distributed", "process_index",
+    "process_count", "is_main_process", "gather_from_processes", "sync_hosts",
+    "assert_replicas_equal",
 ]

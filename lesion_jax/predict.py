@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -149,6 +150,8 @@ class JaxSegmenter:
   def __init__(self, run, batch_size: int | None = None):
     import jax
 
+    from lesion_jax import inference
+
     self.image_size = run.image_size
     self.threshold = run.threshold
     self.batch_size = int(batch_size or run.config.batch_size_per_device)
@@ -156,23 +159,16 @@ class JaxSegmenter:
       raise PredictError(f"--batch_size must be >= 1, got {self.batch_size}")
     self.description = (f"JAX model {run.config.model.name} of {run.workdir} "
                         f"(checkpoint step {run.meta.get('step', '?')})")
-    self.variables = {"params": run.variables["params"],
-                      "batch_stats": run.variables.get("batch_stats", {})}
-    model = run.model
-    # Variables are an argument, not constants baked into the program: large models (41M
-    # parameters) would otherwise compile slowly.
-    self.predict = jax.jit(lambda variables, x: jax.nn.sigmoid(
-        model.apply(variables, x, train=False).astype(np.float32)))
+    self.model, self.variables = run.model, run.variables
+    # Its own compiled function: one compilation serves every batch (tested).
+    self.predict = jax.jit(functools.partial(inference.probabilities, run.model.apply))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
-    size = self.image_size
-    out = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = [pipeline.standardize(image) for image in images[start:start + self.batch_size]]
-      chunk += [np.zeros((size, size, 3), np.float32)] * (self.batch_size - len(chunk))
-      probs = np.asarray(self.predict(self.variables, np.stack(chunk)))
-      out.append(probs[:min(self.batch_size, len(images) - start), ..., 0])
-    return np.concatenate(out)
+    from lesion_jax import inference
+
+    standardized = np.stack([pipeline.standardize(image) for image in images])
+    return inference.predict_probabilities(self.model, self.variables, standardized,
+                                           batch_size=self.batch_size, compiled=self.predict)
 
 
 def read_sidecar(model_path: pathlib.Path) -> dict | None:

@@ -49,6 +49,8 @@ import ml_collections
 
 from lesion_jax import config as config_lib
 from lesion_jax import parallel, report
+from lesion_jax import workdir as workdir_lib
+from lesion_jax.workdir import finished_results
 
 # Keys a grid may not set: they describe the sweep itself, not one run.
 _RESERVED_KEYS = ("experiment", "sweep", "transfer")
@@ -213,7 +215,7 @@ def sweep_runs(config: ml_collections.ConfigDict) -> list[SweepRun]:
                        f"{name!r}; make their values differ in more than punctuation")
     names[name] = overrides
     run_config = apply_overrides(base, overrides, where=f"sweep run {name}")
-    identity = json.dumps(_config_json(run_config), sort_keys=True)
+    identity = json.dumps(workdir_lib.config_json(run_config), sort_keys=True)
     if identity in configs:
       # e.g. a grid setting a key to its default: the run exists under the other name.
       logging.info("sweep run %s is the same config as %s; it runs once", name,
@@ -228,41 +230,6 @@ def sweep_runs(config: ml_collections.ConfigDict) -> list[SweepRun]:
 
 # ----------------------------------------------------------------------------------------------
 # Running them.
-
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-  # The same form train.py stores as config.json, so a finished run is recognised exactly.
-  return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """The results of a finished run of this same config in `workdir`; None if unfinished.
-
-  Raises FileExistsError when `workdir` holds a finished run of another config.
-  """
-  results_path = os.path.join(workdir, "results.json")
-  if not os.path.exists(results_path):
-    return None
-  with open(os.path.join(workdir, "config.json")) as f:
-    stored = json.load(f)
-  if stored != _config_json(config):
-    changed = sorted(k for k in _diff_keys(stored, _config_json(config)))
-    raise FileExistsError(
-        f"{workdir!r} holds a finished run of another config (keys that differ: "
-        f"{', '.join(changed)}). Move it away, use another workdir, or pass --overwrite.")
-  with open(results_path) as f:
-    return json.load(f)
-
-
-_MISSING = object()
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
-  """Dotted keys whose values differ, including keys only one side has."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    return set().union(*(_diff_keys(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
-                         for k in set(a) | set(b)))
-  return set() if a == b else {prefix.rstrip(".")}
-
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False) -> dict:
   """Trains every run of the sweep not finished yet, then writes the Table 2-style table.
@@ -377,7 +344,7 @@ def _train_or_reuse(config: ml_collections.ConfigDict, workdir: str, reuse: bool
     # A finished run the user pointed at: used as it is, whatever its exact config.
     if os.path.exists(os.path.join(workdir, "results.json")):
       logging.info("%s: using the finished run in %s", what, workdir)
-      return report.read_results(workdir)
+      return workdir_lib.read_results(workdir)
     logging.info("%s: %s has not finished; training it there", what, workdir)
     return train.train_and_evaluate(config, workdir)
   results = None if overwrite else finished_results(config, workdir)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-import jax
 import numpy as np
 import optax
 from flax import traverse_util
@@ -70,11 +69,12 @@ def load_pretrained(variables: Mapping[str, Any], spec: str,
 
 
 def flatten(variables: Mapping[str, Any]) -> dict[str, Any]:
-  return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(variables)).items()}
+  """{'collection/module/.../name': array}: the paths `dont_load` and `frozen` match."""
+  return traverse_util.flatten_dict(dict(variables), sep="/")
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
-  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def _matcher(patterns: Iterable[str], key: str):
@@ -149,6 +149,3 @@ def check_patterns_match(variables: Mapping[str, Any], patterns: Iterable[str],
       raise ValueError(f"config.{key}: pattern {pattern!r} matches no variable; variable paths "
                        f"look like {paths[:3]}")
 
-
-def to_host(tree: Any) -> Any:
-  return jax.tree.map(np.asarray, jax.device_get(tree))

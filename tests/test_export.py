@@ -41,7 +41,7 @@ def trained_run(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(trained_run):
+def held_out_images(trained_run):
   """4 test-split images at the training size, uint8 (4, 32, 32, 3)."""
   config = trained_run.config
   builder = data_lib.get_builder("synthetic_lesions/dermoscopic", data_dir=config.data.data_dir,
@@ -60,8 +60,8 @@ def _jax_probabilities(run, images):
 
 
 @pytest.fixture(scope="module")
-def jax_test_probabilities(trained_run, test_images):
-  return _jax_probabilities(trained_run, test_images)
+def jax_test_probabilities(trained_run, held_out_images):
+  return _jax_probabilities(trained_run, held_out_images)
 
 
 def _tflite_outputs(path, images):
@@ -76,7 +76,7 @@ def float32_export(tensorflow, trained_run, tmp_path_factory):
   return out, report
 
 
-def test_float32_export_matches_jax_on_test_images(float32_export, test_images,
+def test_float32_export_matches_jax_on_test_images(float32_export, held_out_images,
                                                    jax_test_probabilities):
   path, report = float32_export
   interpreter = export.load_interpreter(path)
@@ -86,7 +86,7 @@ def test_float32_export_matches_jax_on_test_images(float32_export, test_images,
   assert tuple(probs_out["shape"]) == (1, 32, 32, 1) and probs_out["dtype"] == np.float32
   assert interpreter.get_signature_list() == {
       "serving_default": {"inputs": ["image"], "outputs": ["probability"]}}
-  tflite = _tflite_outputs(path, test_images)
+  tflite = _tflite_outputs(path, held_out_images)
   assert np.max(np.abs(tflite - jax_test_probabilities)) < 1e-4
   assert report.parity.passed and report.parity.max_abs_diff < 1e-4
   assert report.size_bytes == os.path.getsize(path)
@@ -95,7 +95,7 @@ def test_float32_export_matches_jax_on_test_images(float32_export, test_images,
 
 def test_logits_are_upsampled_by_the_builtin_resize_and_inner_names_are_short(float32_export):
   path, _ = float32_export
-  schema = export._tflite_schema()
+  schema = export.tflite._tflite_schema()
   with open(path, "rb") as f:
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(f.read(), 0))
   ops = {max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes}
@@ -132,7 +132,7 @@ def test_sidecar_and_embedded_metadata_describe_the_export(float32_export, train
 
 
 def test_dynamic_int8_export_passes_its_bound(tensorflow, float32_export, trained_run,
-                                              test_images, jax_test_probabilities, tmp_path):
+                                              held_out_images, jax_test_probabilities, tmp_path):
   out = str(tmp_path / "int8.tflite")
   report = export.export_run(trained_run.workdir, out, quantize="dynamic_int8", latency_runs=1)
   assert report.parity.passed
@@ -141,24 +141,24 @@ def test_dynamic_int8_export_passes_its_bound(tensorflow, float32_export, traine
   # int8 weights: well under half the float32 file.
   assert report.size_bytes < 0.45 * float32_export[1].size_bytes
   # The bound, recomputed here on test images the export never saw.
-  parity = export.compare_outputs(_tflite_outputs(out, test_images), jax_test_probabilities,
+  parity = export.compare_outputs(_tflite_outputs(out, held_out_images), jax_test_probabilities,
                                   export.QUANTIZATIONS.get("dynamic_int8"),
                                   trained_run.threshold, thresholded=False)
   assert parity.mean_mask_ja >= 0.95
 
 
-def test_with_threshold_outputs_the_runs_mask(tensorflow, trained_run, test_images,
+def test_with_threshold_outputs_the_runs_mask(tensorflow, trained_run, held_out_images,
                                               jax_test_probabilities, tmp_path, capsys):
   out = str(tmp_path / "mask.tflite")
   report = export.export_run(trained_run.workdir, out, with_threshold=True, latency_runs=0)
   assert report.metadata["output"]["name"] == "mask" and report.metadata["thresholded_output"]
-  masks = _tflite_outputs(out, test_images)
+  masks = _tflite_outputs(out, held_out_images)
   assert masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
   reference = jax_test_probabilities
   decided = np.abs(reference - trained_run.threshold) > 1e-4
   np.testing.assert_array_equal(masks[decided], (reference >= trained_run.threshold)[decided])
   # A mask model cannot serve `predict`, which needs probabilities.
-  Image.fromarray(test_images[0]).save(tmp_path / "photo.png")
+  Image.fromarray(held_out_images[0]).save(tmp_path / "photo.png")
   assert predict.main(["--workdir", trained_run.workdir, "--model", out, "--images",
                        str(tmp_path / "photo.png"), "--out", str(tmp_path / "p")]) == 2
   assert "export it again without --with_threshold" in capsys.readouterr().err
@@ -169,16 +169,16 @@ def _read_png(path) -> np.ndarray:
 
 
 def test_predict_with_the_exported_model_agrees_with_jax(float32_export, trained_run,
-                                                         test_images, tmp_path):
+                                                         held_out_images, tmp_path):
   images = tmp_path / "images"
   images.mkdir()
-  for i, image in enumerate(test_images):
+  for i, image in enumerate(held_out_images):
     Image.fromarray(image).save(images / f"img{i}.png")
   path, _ = float32_export
   for name, extra in (("jax", []), ("tflite", ["--model", path])):
     assert predict.main(["--workdir", trained_run.workdir, "--images", str(images),
                          "--out", str(tmp_path / name)] + extra) == 0
-  for i in range(len(test_images)):
+  for i in range(len(held_out_images)):
     probability = f"probability/img{i}_probability.png"
     assert np.max(np.abs(_read_png(tmp_path / "jax" / probability)
                          - _read_png(tmp_path / "tflite" / probability))) <= 1
@@ -188,8 +188,8 @@ def test_predict_with_the_exported_model_agrees_with_jax(float32_export, trained
 
 
 def test_a_failed_parity_check_writes_nothing(tensorflow, trained_run, tmp_path, monkeypatch):
-  real = export.jax_probabilities
-  monkeypatch.setattr(export, "jax_probabilities",
+  real = export.parity.jax_probabilities
+  monkeypatch.setattr(export.parity, "jax_probabilities",
                       lambda run, images: real(run, images) + np.float32(1e-3))
   out = tmp_path / "model.tflite"
   with pytest.raises(export.ParityError, match="was not written"):

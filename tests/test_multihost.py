@@ -3,7 +3,7 @@
 Each test run starts real `jax.distributed` processes on localhost: a reference with one process
 and 4 CPU devices, then two processes with 2 CPU devices each, joined over gloo. Both drive the
 pieces `train_and_evaluate` uses (create_train_state, parallel.pmap_train_step, the grain
-training batches sharded by process, train.evaluate, RunCheckpoints) on a two-conv model small
+training batches sharded by process, evaluation.evaluate, RunCheckpoints) on a two-conv model small
 enough to compile in a second, and dump what they saw as JSON. The processes must end with
 identical parameters, see the losses of the single process, gather every evaluation image
 exactly once, and save a checkpoint together.
@@ -59,6 +59,7 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   import optax
 
   from lesion_jax import checkpoint, losses, metrics, train
+  from lesion_jax import evaluation as evaluation_lib
   from lesion_jax.data import pipeline
 
   class TwoConvs(nn.Module):
@@ -93,7 +94,7 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
     step_losses.append(float(np.asarray(step_metrics["loss"])[0]))
   parallel.assert_replicas_equal(replicated.params)
 
-  evaluation = train.evaluate(
+  evaluation = evaluation_lib.evaluate(
       p_eval, replicated, _synthetic_source(EVAL_IMAGES, seed=2), pipeline.Preprocess(IMAGE_SIZE),
       batch_size_per_device=BATCH_PER_DEVICE, num_devices=len(devices), num_threads=1)
   order = np.argsort(evaluation.index)

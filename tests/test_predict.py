@@ -36,7 +36,7 @@ def finished_run(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_split_as_files(finished_run, tmp_path_factory):
+def split_as_files(finished_run, tmp_path_factory):
   """The run's test images and masks as PNG files at the training size (32x32).
 
   At that size predict's resizes are the identity, so its masks must score exactly as the
@@ -62,15 +62,15 @@ def test_split_as_files(finished_run, tmp_path_factory):
   return root
 
 
-def test_masks_score_exactly_as_the_training_evaluation(finished_run, test_split_as_files,
+def test_masks_score_exactly_as_the_training_evaluation(finished_run, split_as_files,
                                                         tmp_path, capsys):
   workdir, results = finished_run
   out = tmp_path / "out"
-  assert predict.main(["--workdir", workdir, "--images", str(test_split_as_files / "images"),
-                       "--out", str(out), "--truth", str(test_split_as_files / "truth")]) == 0
+  assert predict.main(["--workdir", workdir, "--images", str(split_as_files / "images"),
+                       "--out", str(out), "--truth", str(split_as_files / "truth")]) == 0
   printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
   scored = subprocess.run(
-      [sys.executable, "-m", "lesion_jax.score", "--truth", str(test_split_as_files / "truth"),
+      [sys.executable, "-m", "lesion_jax.score", "--truth", str(split_as_files / "truth"),
        "--pred", str(out)], cwd=REPO, capture_output=True, text=True, check=True)
   expected = results["test"][DATASET]
   assert expected["n_images"] == 8

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from lesion_jax import evaluation as evaluation_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import train
 from tests.conftest import tiny_config
@@ -80,8 +81,9 @@ def test_overwrite_starts_again(data_dir, tmp_path):
 def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(data_dir, tmp_path, monkeypatch):
   from lesion_jax import losses
   name = "always_nan_for_test"
-  if name not in losses.LOSSES:
-    losses.LOSSES.add(name, lambda logits, masks: losses.get_loss("dice")(logits, masks) * np.nan)
+  # Registered for this test only: the registry is global to the test process.
+  monkeypatch.setitem(losses.LOSSES._entries, name,
+                      lambda logits, masks: losses.get_loss("dice")(logits, masks) * np.nan)
   config = tiny_config(data_dir)
   config.loss = name
   with pytest.raises(train.NonFiniteLossError, match="at step 1"):
@@ -93,7 +95,7 @@ def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(data_dir, tmp_path, 
 def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
   """Validation JA 0.5, 0.6, 0.55, 0.58, ... with patience 2 stops at the 4th evaluation."""
   sequence = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
-  real_evaluate = train.evaluate
+  real_evaluate = evaluation_lib.evaluate
 
   def fake_evaluate(*args, **kwargs):
     evaluation = real_evaluate(*args, **kwargs)
@@ -102,9 +104,9 @@ def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
     counts = np.zeros_like(evaluation.counts[:1])
     counts[..., 0] = int(ja * 1000)
     counts[..., 1] = 1000 - int(ja * 1000)
-    return train.Evaluation(counts, evaluation.loss[:1], evaluation.index[:1])
+    return evaluation_lib.Evaluation(counts, evaluation.loss[:1], evaluation.index[:1])
 
-  monkeypatch.setattr(train, "evaluate", fake_evaluate)
+  monkeypatch.setattr(evaluation_lib, "evaluate", fake_evaluate)
   config = tiny_config(data_dir, **{"training.num_epochs": 8, "training.patience": 2})
   results = train.train_and_evaluate(config, str(tmp_path / "es"))
   validation_calls = [json.loads(l) for l in open(tmp_path / "es" / "metrics.jsonl")

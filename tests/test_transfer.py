@@ -73,9 +73,9 @@ def test_init_from_run(data_dir, tmp_path, source_dir):
 
   def spy(state, cfg):
     new_state, info = real_init(state, cfg)
-    captured["initial"] = transfer.to_host({"params": new_state.params,
+    captured["initial"] = checkpoint_lib.to_numpy({"params": new_state.params,
                                             "batch_stats": new_state.batch_stats})
-    captured["fresh"] = transfer.to_host({"params": state.params})
+    captured["fresh"] = checkpoint_lib.to_numpy({"params": state.params})
     return new_state, info
 
   train._init_from_run = spy
@@ -151,7 +151,7 @@ def test_config_model_init_from_loads_pretrained_weights(data_dir, tmp_path):
 
   def spy(state, cfg):
     new_state = real_init(state, cfg)
-    started.update(transfer.flatten(transfer.to_host({"params": new_state.params})))
+    started.update(transfer.flatten(checkpoint_lib.to_numpy({"params": new_state.params})))
     return new_state
 
   train._init_from_pretrained = spy

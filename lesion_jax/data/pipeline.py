@@ -19,6 +19,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from lesion_jax import parallel
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
@@ -83,8 +85,8 @@ def prepare_example(example: Mapping[str, Any], preprocess: Preprocess,
 
 
 def _stack_for_devices(examples: Sequence[dict], num_devices: int) -> dict[str, np.ndarray]:
-  batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-  return {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  return {k: parallel.shard(np.stack([e[k] for e in examples]), num_devices)
+          for k in examples[0]}
 
 
 def training_batches(sources: Sequence[Any], preprocess: Preprocess, *, seed: int,

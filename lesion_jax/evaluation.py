@@ -1,0 +1,121 @@
+"""Evaluation: every image of a split once, per-image confusion counts, the paper's protocol.
+
+`evaluate` runs the pmapped eval step over a split and gathers per-image confusion counts at
+every threshold of the grid (metrics.THRESHOLDS). `final_evaluation` is the end of a run (paper,
+section 2.2): the best checkpoint, the binarisation threshold chosen on validation, the ISIC
+metrics of every test database at it, then results.json and the reports.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+
+from lesion_jax import inference
+from lesion_jax import metrics as metrics_lib
+from lesion_jax import parallel, report, workdir as workdir_lib
+from lesion_jax.data import pipeline
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """Per-image results of one pass over a split."""
+  counts: np.ndarray  # (N, T, 4) confusion counts at every threshold
+  loss: np.ndarray  # (N,)
+  index: np.ndarray  # (N,) position in the source, to draw an image again
+
+  def ja_at(self, threshold_index: int) -> float:
+    return metrics_lib.macro_average(self.counts[:, threshold_index])["ja"]
+
+
+def evaluate(p_eval_step: Callable, replicated_state, source, preprocess, *,
+             batch_size_per_device: int, num_devices: int, num_threads: int) -> Evaluation:
+  """Every image of `source` through the eval step once; padding dropped after the gather."""
+  counts, losses, indices, valid = [], [], [], []
+  for batch in pipeline.evaluation_batches(
+      source, preprocess, batch_size_per_device=batch_size_per_device, num_devices=num_devices,
+      num_threads=num_threads, process_index=parallel.process_index(),
+      process_count=parallel.process_count()):
+    out = parallel.to_host(p_eval_step(replicated_state,
+                                       {"image": batch["image"], "mask": batch["mask"]}))
+    counts.append(out["counts"])
+    losses.append(out["loss"])
+    indices.append(batch["index"].reshape(-1))
+    valid.append(batch["valid"].reshape(-1))
+  arrays = [np.concatenate(x) for x in (counts, losses, indices, valid)]
+  if parallel.process_count() > 1:
+    # The padding is dropped only after the gather: every process sends arrays of one shape
+    # (as many batches each), while their counts of real images may differ by one.
+    arrays = parallel.gather_from_processes(arrays)
+  *arrays, keep = arrays
+  return Evaluation(*(metrics_lib.drop_padding(a, keep) for a in arrays))
+
+
+# ----------------------------------------------------------------------------------------------
+# The end of a run.
+
+def test_metrics(p_eval, replicated, test_sources: dict, preprocess, t_index: int,
+                 eval_kwargs: dict) -> tuple[dict, dict]:
+  """Per test database: the macro-averaged metrics at threshold index `t_index`, and the
+  per-image (Evaluation, metrics) pairs the reports need."""
+  results, per_image = {}, {}
+  for name, source in test_sources.items():
+    if len(source) == 0:
+      logging.warning("%s has an empty test split; it is not reported", name)
+      continue
+    evaluation = evaluate(p_eval, replicated, source, preprocess, **eval_kwargs)
+    counts = evaluation.counts[:, t_index]
+    results[name] = {**metrics_lib.macro_average(counts), "n_images": int(len(counts))}
+    per_image[name] = (evaluation, metrics_lib.isic_metrics(counts))
+  return results, per_image
+
+
+def threshold_search(validation: Evaluation) -> tuple[float, int, np.ndarray]:
+  """(threshold, its index in metrics.THRESHOLDS, validation JA at every threshold)."""
+  threshold, ja_curve = metrics_lib.select_threshold(validation.counts, metrics_lib.THRESHOLDS)
+  t_index = int(np.argmin(np.abs(metrics_lib.THRESHOLDS - threshold)))
+  return threshold, t_index, ja_curve
+
+
+def validation_summary(validation: Evaluation, t_index: int, ja_curve: np.ndarray) -> dict:
+  """All six metrics at T on validation: the paper's Table 2 reports these."""
+  return {**metrics_lib.macro_average(validation.counts[:, t_index]),
+          "ja": float(ja_curve[t_index]), "ja_at_0.5": float(ja_curve[0]),
+          "n_images": int(len(validation.counts))}
+
+
+def image_ids(source, indices: np.ndarray) -> list[str]:
+  ids = []
+  for i in indices:
+    image_id = source[int(i)]["image_id"]
+    ids.append(image_id.decode() if isinstance(image_id, bytes) else str(image_id))
+  return ids
+
+
+def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: dict,
+                  test_sources: dict, model, variables, preprocess, num_overlays: int) -> None:
+  """results.md, the curves, per_image.csv and the overlays of the best and worst test images."""
+  report.write_run_report(workdir, results, ja_curve=ja_curve,
+                          thresholds=metrics_lib.THRESHOLDS)
+  report.write_per_image(workdir, {
+      name: (image_ids(test_sources[name], evaluation.index), image_metrics)
+      for name, (evaluation, image_metrics) in per_image.items()})
+  for name, (evaluation, image_metrics) in per_image.items():
+    picks = report.overlay_picks(image_metrics["ja"], num_overlays)
+    examples = [test_sources[name][int(evaluation.index[p])] for _, _, p in picks]
+    probs = inference.predict_examples(model, variables, examples, preprocess)
+    report.write_overlays(workdir, name, picks, examples, probs, image_metrics["ja"],
+                          preprocess.image_size, results["threshold"])
+
+
+def write_results(workdir: str, results: dict) -> None:
+  if parallel.is_main_process():
+    # results.json marks a finished run, so it is written last and whole.
+    workdir_lib.write_json_atomically(os.path.join(workdir, "results.json"), results)
+
+
+__all__ = ["Evaluation", "evaluate", "image_ids", "test_metrics",
+           "threshold_search", "validation_summary", "write_reports", "write_results"]

@@ -1,0 +1,143 @@
+"""The export of a run: convert, check, describe, then write the file and its sidecar."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from lesion_jax import __version__
+from lesion_jax.export import parity as parity_lib
+from lesion_jax.export.parity import Parity, ParityError
+from lesion_jax.export.tflite import (INPUT_NAME, MASK_OUTPUT, METADATA_NAME, PROBABILITY_OUTPUT,
+                                      QUANTIZATIONS, SIGNATURE_KEY, ExportError, Quantization,
+                                      convert_to_tflite, embed_metadata, export_model,
+                                      inference_function, load_interpreter, require_tensorflow,
+                                      sidecar_path)
+
+@dataclasses.dataclass
+class ExportReport:
+  path: str
+  sidecar: str
+  size_bytes: int
+  parity: Parity | None
+  latency_ms: float | None
+  metadata: dict
+
+  def summary(self) -> str:
+    lines = [f"wrote {self.path} ({self.size_bytes / 1e6:.3f} MB) and {self.sidecar}"]
+    if self.parity is not None:
+      lines.append(self.parity.summary())
+    else:
+      lines.append("parity NOT checked (--parity_images 0)")
+    if self.latency_ms is not None:
+      lines.append(f"CPU latency: {self.latency_ms:.2f} ms per image (median, 1 thread)")
+    return "\n".join(lines)
+
+
+def _versions() -> dict:
+  versions = {"lesion_jax": __version__, "jax": jax.__version__}
+  try:
+    import tensorflow as tf
+    versions["tensorflow"] = tf.__version__
+  except ImportError:
+    pass
+  return versions
+
+
+def describe_export(run, quantization: Quantization, thresholded: bool, model_file: str,
+                    step: int | None = None) -> dict:
+  """The sidecar / embedded description of an export of `run` (its best checkpoint, or `step`)."""
+  size = run.image_size
+  output = {
+      "name": MASK_OUTPUT, "shape": [1, size, size, 1], "dtype": "uint8",
+      "meaning": "1 where the lesion probability >= threshold, else 0",
+  } if thresholded else {
+      "name": PROBABILITY_OUTPUT, "shape": [1, size, size, 1], "dtype": "float32",
+      "meaning": "sigmoid lesion probability in [0, 1]",
+  }
+  return {
+      "format": "tflite",
+      "file": os.path.basename(model_file),
+      "signature": SIGNATURE_KEY,
+      "image_size": size,
+      "input": {"name": INPUT_NAME, "shape": [1, size, size, 3], "dtype": "uint8",
+                "layout": "NHWC", "channels": "RGB, 0-255"},
+      "output": output,
+      "preprocessing": {
+          "resize": f"the app resizes the image to {size}x{size}, bilinear (as in training)",
+          "standardization": "inside the model: per image, (x - mean) / max(std, 1/sqrt(N)) "
+                             f"over all N = {size}*{size}*3 values (pipeline.standardize)",
+      },
+      "postprocessing": "resize the probability map back to the image size (bilinear), then "
+                        "lesion where probability >= threshold",
+      "threshold": run.threshold,
+      "threshold_source": (
+          "default 0.5: the run has no results.json yet" if not run.results else
+          "results.json (chosen on validation)" if step is None else
+          f"results.json (chosen on validation for the best checkpoint, step "
+          f"{run.results.get('best_step')}, not for step {step})"),
+      "thresholded_output": thresholded,
+      "model": {"name": run.config.model.name,
+                "params": int(sum(np.size(x) for x in jax.tree.leaves(run.variables["params"]))),
+                "settings": run.config.model.to_dict()},
+      "source": {"workdir": os.path.abspath(run.workdir),
+                 "checkpoint": "best" if step is None else "latest",
+                 "step": int(run.meta["step"]) if step is None else int(step),
+                 "val_ja": run.meta.get("val_ja") if step is None else None},
+      "quantization": quantization.name,
+      "quantization_description": quantization.description,
+      "exported_with": _versions(),
+  }
+
+
+def export_run(workdir: str, out: str, *, step: int | None = None, quantize: str = "none",
+               with_threshold: bool = False, parity_images: int = 4,
+               latency_runs: int = 20) -> ExportReport:
+  """Exports the run in `workdir` to `out` (.tflite) and its sidecar, after checking it.
+
+  Raises:
+    ExportError: a missing extra, bad arguments, or a parity failure (then nothing is written).
+    FileNotFoundError: `workdir` is not a run, or has no (such) checkpoint.
+  """
+  from lesion_jax import runs
+
+  quantization = QUANTIZATIONS.get(quantize, where="--quantize")
+  if parity_images < 0:
+    raise ExportError(f"--parity_images must be >= 0, got {parity_images}")
+  out_dir = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(out_dir):
+    raise ExportError(f"--out {out!r}: folder {out_dir!r} does not exist")
+  require_tensorflow()  # before the checkpoint is read: the cheap check first
+  run = runs.load_run(workdir, step=step)
+  threshold = run.threshold if with_threshold else None
+  infer = inference_function(export_model(run.config), run.variables)
+  metadata = describe_export(run, quantization, with_threshold, out, step)
+  model_bytes = convert_to_tflite(infer, run.image_size,
+                                  MASK_OUTPUT if with_threshold else PROBABILITY_OUTPUT,
+                                  quantization, threshold)
+  model_bytes = embed_metadata(model_bytes, METADATA_NAME, metadata)
+  interpreter = load_interpreter(model_bytes, num_threads=1)
+
+  parity = None
+  if parity_images:
+    images = parity_lib.validation_images(run.config, parity_images)
+    parity = parity_lib.check_parity(interpreter, parity_lib.jax_probabilities(run, images),
+                                     images, quantization, run.threshold, with_threshold)
+    if not parity.passed:
+      raise ParityError(f"{out} was not written: the exported model disagrees with the JAX "
+                        f"model. {parity.summary()}")
+  latency = (parity_lib.median_latency_ms(interpreter, run.image_size, latency_runs)
+             if latency_runs else None)
+
+  with open(out, "wb") as f:
+    f.write(model_bytes)
+  sidecar = {**metadata, "size_bytes": len(model_bytes),
+             "parity": dataclasses.asdict(parity) if parity else None,
+             "latency_ms_median_1_thread": latency}
+  with open(sidecar_path(out), "w") as f:
+    json.dump(sidecar, f, indent=2)
+  return ExportReport(path=out, sidecar=sidecar_path(out), size_bytes=len(model_bytes),
+                      parity=parity, latency_ms=latency, metadata=sidecar)

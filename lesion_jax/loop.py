@@ -1,0 +1,274 @@
+"""The training loop: steps, logging, validation with early stopping, checkpoints.
+
+`train_loop` runs the pmapped train step from the run's first (or resumed) step to its last,
+evaluating the validation JA at the end of every `eval_every_epochs`, keeping the best checkpoint
+and stopping early when `patience` evaluations in a row brought no better JA (paper, 2.2). Its
+state between steps is a `LoopState`, saved with every latest checkpoint, so a resumed run
+continues exactly where the stopped one was.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from lesion_jax import checkpoint as checkpoint_lib
+from lesion_jax import evaluation as evaluation_lib
+from lesion_jax import inference, parallel
+from lesion_jax.data import pipeline
+
+if TYPE_CHECKING:
+  from lesion_jax.train import RunSetup
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What the loop carries between steps and across a resume (checkpoint metadata)."""
+  best_val_ja: float = -1.0
+  best_step: int = 0
+  # Early stopping: evaluations in a row without a better validation JA.
+  evaluations_without_improvement: int = 0
+  should_stop: bool = False
+  train_seconds: float = 0.0  # compilation, evaluation and saving excluded
+  images_per_second: float = 0.0
+  init_from: dict | None = None  # the run this one started from (transfer)
+
+  def record_validation(self, val_ja: float, step: int, patience: int) -> bool:
+    """Updates the best score and the early-stopping count; True when `val_ja` is a new best."""
+    improved = val_ja > self.best_val_ja
+    if improved:
+      self.best_val_ja, self.best_step = val_ja, step
+      self.evaluations_without_improvement = 0
+    else:
+      self.evaluations_without_improvement += 1
+    # Keras semantics: stop once `patience` evaluations in a row brought no improvement.
+    self.should_stop = not improved and self.evaluations_without_improvement >= patience
+    return improved
+
+  def to_meta(self) -> dict:
+    return {"best_val_ja": self.best_val_ja, "best_step": self.best_step,
+            "es_count": self.evaluations_without_improvement, "should_stop": self.should_stop,
+            "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
+            "init_from": self.init_from}
+
+  @classmethod
+  def from_meta(cls, meta: Mapping[str, Any]) -> "LoopState":
+    """The state saved by `to_meta`, or by earlier versions (which also stored `es_best`)."""
+    return cls(best_val_ja=float(meta["best_val_ja"]), best_step=int(meta["best_step"]),
+               evaluations_without_improvement=int(meta["es_count"]),
+               should_stop=bool(meta["should_stop"]),
+               train_seconds=float(meta["train_seconds"]),
+               images_per_second=float(meta["images_per_second"]),
+               init_from=meta.get("init_from"))
+
+
+class Clock:
+  """Training time and images/s, excluding compilation, evaluation and saving."""
+
+  def __init__(self, seconds_before: float, global_batch: int):
+    self.seconds_before = seconds_before
+    self.global_batch = global_batch
+    self.start: float | None = None
+    self.images = 0
+    self.paused_seconds = 0.0
+
+  def step_done(self, step_metrics: Any) -> None:
+    if self.start is None:
+      # The clock starts once the first step (and its compilation) is done.
+      jax.block_until_ready(step_metrics)
+      self.start = time.perf_counter()
+    else:
+      self.images += self.global_batch
+
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.paused_seconds += time.perf_counter() - start
+
+  def elapsed(self) -> float:
+    if self.start is None:
+      return 0.0
+    return time.perf_counter() - self.start - self.paused_seconds
+
+  def images_per_second(self) -> float | None:
+    elapsed = self.elapsed()
+    return self.images / elapsed if elapsed > 0 and self.start is not None else None
+
+  def record(self, loop: LoopState) -> None:
+    if self.start is None:
+      return
+    loop.train_seconds = self.seconds_before + self.elapsed()
+    if self.images and self.images_per_second():
+      loop.images_per_second = self.images_per_second()
+
+
+class MetricWriter:
+  """metrics.jsonl lines and TensorBoard scalars/images; only the main process writes."""
+
+  def __init__(self, workdir: str):
+    self.enabled = parallel.is_main_process()
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.enabled else None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, kind: str, step: int, values: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"kind": kind, "step": int(step), **{
+        k: float(v) for k, v in values.items()}}) + "\n")
+    self._jsonl.flush()
+    for key, value in values.items():
+      self._tb.add_scalar(f"{kind}/{key}", float(value), int(step))
+
+  def images(self, tag: str, step: int, images: np.ndarray) -> None:
+    if self.enabled and len(images):
+      self._tb.add_images(tag, images, int(step), dataformats="NHWC")
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class PendingLosses:
+  """Step losses kept on the device until a logging step fetches them together.
+
+  Fetching every step would make the host wait for the device at every step; fetched in a
+  group, they are checked for NaN or infinity and their mean is logged.
+  """
+
+  def __init__(self, run: "RunSetup", writer: MetricWriter, clock: Clock):
+    self.run, self.writer, self.clock = run, writer, clock
+    self.pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, step_metrics: dict) -> None:
+    self.pending.append((step, step_metrics))
+
+  def flush(self) -> None:
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, m in self.pending])
+    losses = np.array([np.asarray(m["loss"])[0] for m in fetched])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      first = self.pending[bad[0]][0]
+      raise NonFiniteLossError(
+          f"loss became {losses[bad[0]]} at step {first}; training stopped. The last good "
+          f"checkpoint (step {self.run.checkpoints.latest_step()}) is kept in "
+          f"{self.run.workdir}/checkpoints")
+    last_step = self.pending[-1][0]
+    values = {"loss": float(losses.mean()),
+              "learning_rate": float(self.run.schedule(last_step - 1))}
+    images_per_second = self.clock.images_per_second()
+    if images_per_second is not None:
+      values["images_per_second"] = images_per_second
+    self.writer.write("train", last_step, values)
+    self.pending.clear()
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = ""):
+  """A tqdm bar with ETA on the main process; silent elsewhere."""
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr,
+              disable=not parallel.is_main_process(), mininterval=1.0)
+
+
+def first_replica(replicated: Any) -> Any:
+  """The variables on the first device, still on it (for predictions on the main process)."""
+  return jax.tree.map(lambda x: x[0], replicated)
+
+
+def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: MetricWriter,
+             progress) -> None:
+  """Validation JA at threshold 0.5 (the search comes after training); keeps the best."""
+  evaluation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation,
+                                       run.preprocess_eval, **run.eval_kwargs)
+  val_ja = evaluation.ja_at(0)
+  improved = loop.record_validation(val_ja, step, run.config.training.patience)
+  writer.write("validation", step, {"ja": val_ja, "loss": float(evaluation.loss.mean()),
+                                    "best_ja": loop.best_val_ja})
+  log_predictions(run, replicated, writer, step)
+  progress.set_postfix(val_ja=f"{val_ja:.3f}")
+  if improved:
+    state = parallel.unreplicate(replicated)
+    run.checkpoints.save_best(step, {"params": state.params, "batch_stats": state.batch_stats},
+                              {"step": step, "val_ja": val_ja})
+
+
+def train_loop(run: "RunSetup", replicated, loop: LoopState) -> tuple[Any, int]:
+  """Trains from `run.start_step` to the end or an early stop; returns (state, last step)."""
+  step = run.start_step
+  if loop.should_stop or step >= run.total_steps:
+    return replicated, step
+  config = run.config
+  writer = MetricWriter(run.workdir)
+  clock = Clock(loop.train_seconds, run.global_batch)
+  losses = PendingLosses(run, writer, clock)
+  progress = progress_bar(total=run.total_steps, initial=step, desc="train")
+  batches = parallel.prefetch_to_devices(
+      pipeline.iterate_from(run.train_batches, step, num_threads=config.data.num_threads),
+      run.devices)
+  try:
+    for step in range(run.start_step + 1, run.total_steps + 1):
+      replicated, step_metrics = run.p_train(replicated, next(batches))
+      losses.add(step, step_metrics)
+      clock.step_done(step_metrics)
+      progress.update(1)
+      if step % config.training.log_every_steps == 0:
+        losses.flush()
+      at_eval = step % run.eval_every == 0 or step == run.total_steps
+      every = config.checkpoint.every_steps
+      if at_eval or (every and step % every == 0):
+        with clock.paused():
+          if at_eval:
+            losses.flush()  # a NaN is found before the state is evaluated and saved
+            validate(run, replicated, loop, step, writer, progress)
+          clock.record(loop)
+          run.checkpoints.save_latest(step, checkpoint_lib.state_to_dict(
+              parallel.unreplicate(replicated)), loop.to_meta())
+      if at_eval and loop.should_stop:
+        logging.info("Early stopping at step %d: no better validation JA for %d evaluations",
+                     step, config.training.patience)
+        break
+  finally:
+    progress.close()
+  losses.flush()
+  writer.close()
+  return replicated, step
+
+
+def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int) -> None:
+  """TensorBoard: truth | probability panels of the first validation images."""
+  count = min(run.config.training.tensorboard_images, len(run.validation))
+  if not writer.enabled or count <= 0:
+    return
+  examples = [run.validation[i] for i in range(count)]
+  state = first_replica(replicated)
+  probs = inference.predict_examples(
+      run.model, {"params": state.params, "batch_stats": state.batch_stats}, examples,
+      run.preprocess_eval)
+  masks = np.stack([pipeline.prepare_example(e, run.preprocess_eval)["mask"][..., 0]
+                    for e in examples])
+  panels = np.concatenate([masks, probs], axis=2)[..., None].repeat(3, -1)
+  writer.images("validation/truth_vs_probability", step, panels.astype(np.float32))
+
+
+__all__ = ["Clock", "LoopState", "MetricWriter", "NonFiniteLossError", "PendingLosses",
+           "progress_bar", "train_loop", "validate"]
