@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lesion_jax.models.layers import (DepthwiseConv2D, depthwise_conv, fixed_padding,
-                                      resolve_depthwise_implementation, same_padding)
+from lesion_jax.models import create_model
+from lesion_jax.models.kernels import (KernelOptions, depthwise_conv_plain,
+                                       depthwise_conv_shifted)
+from lesion_jax.models.layers import DepthwiseConv2D, fixed_padding
 
 CHANNELS = 5
 
@@ -19,16 +21,26 @@ def grouped_conv_reference(x, kernel, stride, dilation):
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
 
 
+def same_pads(x, kernel, stride, dilation):
+  window = tuple(dilation * (k - 1) + 1 for k in kernel.shape[:2])
+  return lax.padtype_to_pads(x.shape[1:3], window, (stride, stride), "SAME")
+
+
 def shifted(x, kernel, stride, dilation):
-  pads = (same_padding(x.shape[1], kernel.shape[0], stride, dilation),
-          same_padding(x.shape[2], kernel.shape[1], stride, dilation))
-  return depthwise_conv(x, kernel, (stride, stride), (dilation, dilation), pads, "shifted")
+  pads = same_pads(x, kernel, stride, dilation)
+  return depthwise_conv_shifted(x, kernel, (stride, stride), (dilation, dilation), pads)
+
+
+def plain(x, kernel, stride, dilation):
+  pads = same_pads(x, kernel, stride, dilation)
+  return depthwise_conv_plain(x, kernel, (stride, stride), (dilation, dilation), pads)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("size", [(8, 10), (7, 9)], ids=["even", "odd"])
 def test_shifted_matches_grouped_conv_forward_and_gradients(stride, dilation, size):
+  # The kernel and its plain form, each against lax's own 'SAME' grouped convolution.
   # NumPy inputs: jax.random would compile a sampler for every new shape.
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, *size, CHANNELS)).astype(np.float32)
@@ -42,18 +54,23 @@ def test_shifted_matches_grouped_conv_forward_and_gradients(stride, dilation, si
     def with_grads(conv):
       loss = lambda x, k: jnp.sum(conv(x, k, stride, dilation) * cotangent)  # noqa: E731
       return (conv(x, kernel, stride, dilation), *jax.grad(loss, argnums=(0, 1))(x, kernel))
-    return with_grads(grouped_conv_reference), with_grads(shifted)
+    return with_grads(grouped_conv_reference), with_grads(shifted), with_grads(plain)
 
-  expected, actual = outputs_and_gradients(x, kernel)
-  assert actual[0].shape == expected[0].shape == out_shape
+  expected, actual, plain_form = outputs_and_gradients(x, kernel)
+  assert actual[0].shape == expected[0].shape == plain_form[0].shape == out_shape
   for got, want in zip(actual, expected):  # output, d/dx, d/dkernel
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  for got, want in zip(actual, plain_form):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_tf_same_padding_puts_the_extra_pixel_after():
-  assert same_padding(8, 3, 2, 1) == (0, 1)   # stride 2 on an even size: 0 before, 1 after
-  assert same_padding(7, 3, 2, 1) == (1, 1)
-  assert same_padding(8, 3, 1, 2) == (2, 2)   # dilation 2: effective kernel 5
+  # DepthwiseConv2D pads 'SAME' by lax.padtype_to_pads, given the dilated kernel's extent.
+  same = lambda size, kernel, stride: tuple(  # noqa: E731
+      lax.padtype_to_pads((size,), (kernel,), (stride,), "SAME")[0])
+  assert same(8, 3, 2) == (0, 1)   # stride 2 on an even size: 0 before, 1 after
+  assert same(7, 3, 2) == (1, 1)
+  assert same(8, 5, 1) == (2, 2)   # 3x3 with dilation 2: effective kernel 5
   assert fixed_padding(3, 1) == (1, 1) and fixed_padding(3, 2) == (2, 2)
 
 
@@ -75,7 +92,9 @@ def test_stride_two_on_even_input_against_numpy():
 @pytest.mark.parametrize("implementation", ["shifted", "xla", "auto"])
 def test_module_has_grouped_conv_layout_and_matches_nn_conv(implementation):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 8, CHANNELS)), jnp.float32)
-  layer = DepthwiseConv2D(CHANNELS, kernel_size=3, strides=2, implementation=implementation)
+  kernels = (KernelOptions.for_backend(jax.default_backend()) if implementation == "auto"
+             else KernelOptions(depthwise=implementation))
+  layer = DepthwiseConv2D(CHANNELS, kernel_size=3, strides=2, kernels=kernels)
   reference = nn.Conv(CHANNELS, (3, 3), strides=2, padding="SAME",
                       feature_group_count=CHANNELS, use_bias=False)
   params = layer.init(jax.random.key(2), x)
@@ -90,14 +109,20 @@ def test_module_has_grouped_conv_layout_and_matches_nn_conv(implementation):
                          [("cpu", "shifted"), ("gpu", "shifted"), ("tpu", "xla")])
 def test_auto_picks_the_measured_faster_form_per_backend(monkeypatch, backend, expected):
   # The choice follows the measurements in docs/performance.md (CPU: entry 3, H200: entry 11).
+  assert KernelOptions.for_backend(backend).depthwise == expected
+  # create_model chooses for JAX's backend; 'auto' keeps that choice, explicit names are kept.
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert resolve_depthwise_implementation("auto") == expected
-  assert resolve_depthwise_implementation("xla") == "xla"  # explicit names are kept
+  model = create_model("deeplab_mobilenetv2", alpha=0.35)
+  assert model.kernels.depthwise == model.encoder.kernels.depthwise == expected
+  assert create_model("deeplab_mobilenetv2", alpha=0.35,
+                      depthwise_implementation="xla").encoder.kernels.depthwise == "xla"
 
 
 def test_unknown_depthwise_implementation_lists_the_valid_names():
   with pytest.raises(ValueError, match="'cudnn'.*|.*one of"):
-    resolve_depthwise_implementation("cudnn")
+    KernelOptions(depthwise="cudnn")
+  with pytest.raises(ValueError, match="'cudnn'.*|.*one of"):
+    create_model("deeplab_mobilenetv2", depthwise_implementation="cudnn")
 
 
 def test_channel_mismatch_is_rejected():

@@ -6,6 +6,8 @@ Xception-65 with one middle-flow unit) with variables filled from NumPy, since `
 compiles a random sampler per parameter shape; one jit per model then covers the loss, the
 gradients and two dropout keys.
 """
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from lesion_jax.models import (MODELS, check_input_size, count_params, create_mo
                                model_names)
 from lesion_jax.models.__main__ import format_millions, paper_settings, table
 from lesion_jax.models.encoders import ENCODERS, create_encoder
+from lesion_jax.models.kernels import KernelOptions
 from lesion_jax.registry import UnknownNameError
 
 # (name, options, exact count, architecture.md target, tolerance of the target).
@@ -157,7 +160,7 @@ def test_bfloat16_compute_keeps_float32_params_and_finite_output(name):
   options = {"alpha": 0.35} if name == "deeplab_mobilenetv2" else {}
   model = create_model(name, dtype=jnp.bfloat16, **options)
   if name == "deeplab_mobilenetv2":  # the CPU default 'shifted' path, in bfloat16
-    assert model.encoder.depthwise_implementation == "auto"
+    assert model.encoder.kernels == KernelOptions.for_backend(jax.default_backend())
   if name == "unet":
     model = model.clone(ifc=4)
   shape = (1, HEIGHT, WIDTH, 3)
@@ -273,23 +276,28 @@ def test_xla_compiler_options_follow_the_model_and_the_override():
 
 
 def test_conv_upsampled_equals_conv_of_nearest_upsampling():
-  from jax import lax
-  from lesion_jax.models.unet import conv_upsampled, upsample_nearest
+  from lesion_jax.models import kernels
   rng = np.random.default_rng(0)
   low = jnp.asarray(rng.normal(size=(2, 3, 5, 4)).astype(np.float32))  # odd, non-square
   kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)).astype(np.float32))
   cotangent = jnp.asarray(rng.normal(size=(2, 6, 10, 6)).astype(np.float32))
+  # The plain form is the literal conv3x3_same(upsample_nearest(low)).
+  np.testing.assert_array_equal(
+      kernels.conv_upsampled_plain(low, kernel),
+      nn_conv_same(jnp.repeat(jnp.repeat(low, 2, axis=1), 2, axis=2), kernel))
 
-  def reference(low, kernel):
-    return lax.conv_general_dilated(upsample_nearest(low), kernel, (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  want, want_vjp = jax.vjp(reference, low, kernel)
-  got, got_vjp = jax.vjp(conv_upsampled, low, kernel)
+  want, want_vjp = jax.vjp(kernels.conv_upsampled_plain, low, kernel)
+  got, got_vjp = jax.vjp(kernels.conv_upsampled, low, kernel)
   assert got.shape == (2, 6, 10, 6)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   for g, w in zip(got_vjp(cotangent), want_vjp(cotangent)):  # d/dlow, d/dkernel
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+  # The interleave's hand-written backward against autodiff of the same forward.
+  phases = jnp.asarray(rng.normal(size=(2, 4, 6, 2, 2, 6)).astype(np.float32))
+  want, want_vjp = jax.vjp(kernels.interleave_phases_plain, phases)
+  got, got_vjp = jax.vjp(kernels.interleave_phases, phases)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_vjp(cotangent)[0], want_vjp(cotangent)[0])
 
 
 @pytest.mark.parametrize("name", ["unet", "att_unet"])
@@ -305,7 +313,7 @@ def test_subpixel_decoder_keeps_the_parameter_tree(name):
 def test_subpixel_decoder_gives_the_same_outputs_and_gradients_as_the_concat_form():
   # AttU-Net gates the skip before the same decoder call; the U-Net's numbers cover both.
   concat = create_model("unet", ifc=16, decoder_conv="concat").clone(ifc=2)
-  subpixel = concat.clone(decoder_conv="subpixel")
+  subpixel = concat.clone(kernels=dataclasses.replace(concat.kernels, decoder_conv="subpixel"))
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 32, 3)).astype(np.float32))
   params = numpy_variables(concat, x.shape)["params"]
 
@@ -333,9 +341,10 @@ def nn_conv_same(x, kernel):
 def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
   from lesion_jax.models import unet as unet_lib
   for backend, expected in [("cpu", "subpixel"), ("gpu", "concat"), ("tpu", "concat")]:
+    assert KernelOptions.for_backend(backend).decoder_conv == expected
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-    assert unet_lib.resolve_decoder_conv("auto") == expected
-  assert unet_lib.resolve_decoder_conv("concat") == "concat"
+    assert create_model("unet", ifc=16).kernels.decoder_conv == expected  # 'auto'
+  assert create_model("unet", ifc=16, decoder_conv="concat").kernels.decoder_conv == "concat"
   # bfloat16 compute: the phase kernels are summed in float32 before the cast, so the sub-pixel
   # layer stays within bfloat16's rounding of the literal form.
   rng = np.random.default_rng(2)
@@ -359,7 +368,8 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
 
 def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
   from flax import linen as nn
-  from lesion_jax.models.layers import Dropout, dropout_keep_mask
+  from lesion_jax.models.kernels import dropout_keep_mask
+  from lesion_jax.models.layers import Dropout
   x = jnp.ones((4, 64, 64, 16))  # 262,144 draws: the kept fraction is known to ~0.001
   key = jax.random.key(0)
   keep, keep_probability = dropout_keep_mask(key, 0.2, x.shape)
@@ -386,16 +396,16 @@ def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
-def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(monkeypatch,
-                                                                                  backend):
+def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(backend):
   from flax import linen as nn
   from lesion_jax.models.layers import PointwiseConv
   # 'cpu' takes the matrix-product gradients, any other backend the convolution's own.
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  kernels = KernelOptions.for_backend(backend)
+  assert kernels.pointwise_grads == ("matmul" if backend == "cpu" else "autodiff")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)).astype(np.float32))
   cotangent = jnp.asarray(rng.normal(size=(2, 5, 7, 4)).astype(np.float32))
-  reference, layer = nn.Conv(4, (1, 1)), PointwiseConv(4)
+  reference, layer = nn.Conv(4, (1, 1)), PointwiseConv(4, kernels=kernels)
   variables = reference.init(jax.random.key(0), x)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
                                    layer.init(jax.random.key(0), x)))
@@ -408,11 +418,12 @@ def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across_devices(
-    monkeypatch, backend):
+    backend):
   from flax import linen as nn
   from lesion_jax.models.layers import BatchNorm
   # 'cpu' takes the hand-written gradient, any other backend autodiff of the same forward pass.
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  kernels = KernelOptions.for_backend(backend)
+  assert kernels.batch_norm_grad == ("hand_written" if backend == "cpu" else "autodiff")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 6, 5, 8)).astype(np.float32) * 3 + 1)
   cotangent = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
@@ -425,8 +436,8 @@ def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across
     return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=False,
                         mutable=["batch_stats"])
 
-  reference, layer = nn.BatchNorm(momentum=0.9, epsilon=1e-3), BatchNorm(momentum=0.9,
-                                                                          epsilon=1e-3)
+  reference = nn.BatchNorm(momentum=0.9, epsilon=1e-3)
+  layer = BatchNorm(momentum=0.9, epsilon=1e-3, kernels=kernels)
   assert jax.tree.all(jax.tree.map(  # same variables, same initial values
       lambda a, b: bool(jnp.array_equal(a, b)),
       reference.init(jax.random.key(0), x, use_running_average=False),

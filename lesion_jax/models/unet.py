@@ -22,10 +22,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from lesion_jax.models.kernels import KernelOptions, conv_nhwc, conv_upsampled, upsample_nearest
 from lesion_jax.models.layers import (BatchNorm, BatchNormOptions, Dropout, PointwiseConv,
-                                      check_input_size, conv_nhwc, max_pool_2x2)
+                                      check_input_size, max_pool_2x2)
 
 Array = jax.Array
 
@@ -40,6 +40,7 @@ class ConvUnit(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
+  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
@@ -54,7 +55,7 @@ class ConvUnit(nn.Module):
       x = BatchNorm(use_running_average=not train,
                     momentum=0.99 if momentum is None else momentum,
                     axis_name=self.bn_options.axis_name, dtype=self.dtype,
-                    param_dtype=jnp.float32, name="bn")(x)
+                    param_dtype=jnp.float32, kernels=self.kernels, name="bn")(x)
     return nn.relu(x)
 
 
@@ -65,14 +66,16 @@ class ConvBlock(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
+  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
     """`skip` given: x is the decoder's low-resolution input, upsampled and joined to `skip`."""
-    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype,
+    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, self.kernels,
                  name="conv1")(x, train, skip)
     x = Dropout(self.dropout_rate, deterministic=not train)(x)
-    return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv2")(x, train)
+    return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, self.kernels,
+                    name="conv2")(x, train)
 
 
 class RecurrentUnit(nn.Module):
@@ -83,15 +86,16 @@ class RecurrentUnit(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
+  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
+    unit = lambda name: ConvUnit(self.features, self.batch_norm, self.bn_options,  # noqa: E731
+                                 self.dtype, self.kernels, name=name)
     if self.share_weights:
-      shared = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name="conv")
-      convs = [shared] * (self.recurrent_t + 1)
+      convs = [unit("conv")] * (self.recurrent_t + 1)
     else:
-      convs = [ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, name=f"conv{i + 1}")
-               for i in range(self.recurrent_t + 1)]
+      convs = [unit(f"conv{i + 1}") for i in range(self.recurrent_t + 1)]
     x1 = convs[0](x, train)
     for conv in convs[1:]:
       x1 = conv(x1 + x, train)
@@ -111,123 +115,47 @@ class RecurrentResidualBlock(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
+  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if x.shape[-1] != self.features:
-      x = PointwiseConv(self.features, dtype=self.dtype, name="shortcut")(x)
+      x = PointwiseConv(self.features, dtype=self.dtype, kernels=self.kernels, name="shortcut")(x)
     shortcut = x
     for index in range(self.recurrent_units):
       if index and self.dropout_rate:
         x = Dropout(self.dropout_rate, deterministic=not train)(x)
       x = RecurrentUnit(self.features, self.recurrent_t, self.share_weights, self.batch_norm,
-                        self.bn_options, self.dtype, name=f"recurrent{index + 1}")(x, train)
+                        self.bn_options, self.dtype, self.kernels,
+                        name=f"recurrent{index + 1}")(x, train)
     return x + shortcut
 
 
 class AttentionGate(nn.Module):
   """Additive attention gate (Oktay et al.): scales the skip by a one-channel sigmoid map."""
   dtype: Any = jnp.float32
+  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, skip: Array, gate: Array) -> Array:
     inter = max(gate.shape[-1] // 4, 1)
     conv = lambda features, name: PointwiseConv(features, dtype=self.dtype,  # noqa: E731
-                                                name=name)
+                                                kernels=self.kernels, name=name)
     theta = conv(inter, "theta")(skip)
     phi = conv(inter, "phi")(gate)
     psi = nn.sigmoid(conv(1, "psi")(nn.relu(theta + phi)))
     return skip * psi
 
 
-def upsample_nearest(x: Array) -> Array:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-# Sub-pixel form of a 3x3 'same' convolution applied to a nearest-upsampled input. Output row 2i
-# sees upsampled rows 2i-1, 2i, 2i+1, i.e. low-resolution rows i-1, i, i; output row 2i+1 sees
-# rows i, i, i+1. So each output phase (a, b) in {0, 1}^2 is a 2x2 convolution of the
-# low-resolution input whose taps are sums of the 3x3 taps; PHASE_TAPS[a][r] lists the 3x3 rows
-# (or columns) that tap r of phase a adds up.
-PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
-DECODER_CONVS = ("auto", "subpixel", "concat")
-
-
-def resolve_decoder_conv(choice: str) -> str:
-  """'auto' -> 'subpixel' on the CPU, where it was measured faster, 'concat' elsewhere.
-
-  On a GPU the plain form is kept until the sub-pixel form is measured there.
-  """
-  if choice not in DECODER_CONVS:
-    raise ValueError(f"decoder_conv must be one of {DECODER_CONVS}, got {choice!r}")
-  if choice == "auto":
-    return "subpixel" if jax.default_backend() == "cpu" else "concat"
-  return choice
-
-
-def phase_kernels(kernel: Array) -> Array:
-  """(3, 3, C, F) kernel -> (2, 2, C, 4F): the four phases' 2x2 kernels side by side."""
-  combine = np.zeros((2, 2, 3), np.float32)  # [phase, tap, 3x3 index]
-  for phase, taps in enumerate(PHASE_TAPS):
-    for tap, rows in enumerate(taps):
-      combine[phase, tap, list(rows)] = 1.0
-  combine = jnp.asarray(combine, kernel.dtype)
-  phases = jnp.einsum("arh,bsw,hwcf->rscabf", combine, combine, kernel)
-  return phases.reshape(2, 2, kernel.shape[2], 4 * kernel.shape[3])
-
-
-def conv_upsampled(low: Array, kernel: Array) -> Array:
-  """conv3x3_same(upsample_nearest(low), kernel) with 2.25x fewer multiply-adds.
-
-  One 2x2 'VALID' convolution of the once-padded low-resolution input computes all four
-  phases as 4F output channels; phase (a, b) is its window starting at row a, column b, and the
-  phases interleave into the 2H x 2W output.
-  """
-  n, h, w, _ = low.shape
-  features = kernel.shape[3]
-  padded = jnp.pad(low, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  # The taps are summed in the kernel's own precision (float32 parameters) before the cast to
-  # the compute dtype, so bfloat16 compute rounds each phase kernel once.
-  z = conv_nhwc(padded, phase_kernels(kernel).astype(low.dtype))
-  return interleave_phases(z.reshape(n, h + 1, w + 1, 2, 2, features))
-
-
-@jax.custom_vjp
-def interleave_phases(z: Array) -> Array:
-  """(N, H+1, W+1, 2, 2, F) phase outputs -> (N, 2H, 2W, F); phase (a, b) starts at (a, b)."""
-  n, h, w, _, _, features = z.shape
-  h, w = h - 1, w - 1
-  rows = [jnp.stack([z[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
-  return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, features)
-
-
-def _interleave_forward(z: Array) -> tuple[Array, None]:
-  return interleave_phases(z), None
-
-
-def _interleave_backward(_, dy: Array) -> tuple[Array]:
-  # Autodiff would pad every phase's cotangent to the whole (..., 2, 2, F) array and add the
-  # four; writing each phase into its own slot is one fusion and a quarter of the traffic.
-  n, h2, w2, features = dy.shape
-  h, w = h2 // 2, w2 // 2
-  dy = dy.reshape(n, h, 2, w, 2, features)
-  rows = [jnp.stack([jnp.pad(dy[:, :, a, :, b], ((0, 0), (a, 1 - a), (b, 1 - b), (0, 0)))
-                     for b in (0, 1)], axis=3) for a in (0, 1)]
-  return (jnp.stack(rows, axis=3),)
-
-
-interleave_phases.defvjp(_interleave_forward, _interleave_backward)
-
-
 class UpsampleConcatConv(nn.Module):
   """conv3x3_same(concat([upsample_nearest(low), skip])) without building the concatenation.
 
-  Holds the same `kernel` (3, 3, C_low + C_skip, F) and `bias` as the `nn.Conv` it replaces,
-  initialised alike, so checkpoints and parameter counts are unchanged. The kernel's first C_low
-  input channels act on the upsampled half through `conv_upsampled`, the rest on `skip`
-  directly: the same sum in another order (tests/test_models.py checks it against the plain
-  form). On the CPU this removes the largest tensors of the decoder's backward pass
-  (docs/performance.md, entry 13).
+  The decoder's first convolution when `KernelOptions.decoder_conv` is 'subpixel'. Holds the
+  same `kernel` (3, 3, C_low + C_skip, F) and `bias` as the `nn.Conv` it replaces, initialised
+  alike, so checkpoints and parameter counts are unchanged. The kernel's first C_low input
+  channels act on the upsampled half through the sub-pixel kernel `kernels.conv_upsampled`, the
+  rest on `skip` directly: the same sum in another order (tests/test_models.py checks the U-Net
+  against the literal form).
   """
   features: int
   use_bias: bool = True
@@ -265,10 +193,11 @@ class UNet(nn.Module):
     num_classes: logit channels.
     bn_options: BatchNorm momentum / pmap axis overrides (used when batch_norm is on).
     dtype: compute dtype (params float32, logits returned as float32).
-    decoder_conv: how a 'conv' block computes its first convolution of concat([upsampled,
-      skip]): 'concat' literally, 'subpixel' through `UpsampleConcatConv` (same parameters and
-      numbers, fewer operations), 'auto' by backend (`resolve_decoder_conv`). The R2 blocks
-      always use the literal form.
+    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
+      Its `decoder_conv` says how a 'conv' block computes its first convolution of
+      concat([upsampled, skip]): 'concat' literally, 'subpixel' through `UpsampleConcatConv`
+      (same parameters and numbers, fewer operations). The R2 blocks always use the literal
+      form.
   """
   ifc: int = 32
   block: str = "conv"
@@ -281,12 +210,9 @@ class UNet(nn.Module):
   num_classes: int = 1
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  decoder_conv: str = "auto"
+  kernels: KernelOptions = KernelOptions()
 
   def __post_init__(self):
-    if self.decoder_conv not in DECODER_CONVS:
-      raise ValueError(f"UNet decoder_conv must be one of {DECODER_CONVS}, got "
-                       f"{self.decoder_conv!r}")
     if not isinstance(self.ifc, int) or isinstance(self.ifc, bool) or self.ifc < 1:
       raise ValueError(f"UNet ifc must be a positive int, got {self.ifc!r}")
     if self.block not in BLOCKS:
@@ -300,10 +226,6 @@ class UNet(nn.Module):
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
     super().__post_init__()
 
-  # Dense 3x3 convolutions train faster through XLA's own CPU kernels than through YNNPACK
-  # (layers.xla_compiler_options).
-  cpu_ynnpack = "off"
-
   @property
   def input_divisor(self) -> int:
     """Four 2x2 poolings: height and width must be multiples of 16."""
@@ -312,10 +234,11 @@ class UNet(nn.Module):
   def _block(self, features: int, name: str) -> nn.Module:
     if self.block == "conv":
       return ConvBlock(features, self.dropout_rate, self.batch_norm, self.bn_options, self.dtype,
-                       name=name)
+                       self.kernels, name=name)
     return RecurrentResidualBlock(features, self.recurrent_units, self.recurrent_t,
                                   self.share_recurrent_weights, self.dropout_rate,
-                                  self.batch_norm, self.bn_options, self.dtype, name=name)
+                                  self.batch_norm, self.bn_options, self.dtype, self.kernels,
+                                  name=name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -328,16 +251,16 @@ class UNet(nn.Module):
       skips.append(x)
       x = max_pool_2x2(x)
     x = self._block(self.ifc * 2 ** LEVELS, "bottleneck")(x, train)
-    subpixel = self.block == "conv" and resolve_decoder_conv(self.decoder_conv) == "subpixel"
+    subpixel = self.block == "conv" and self.kernels.decoder_conv == "subpixel"
     for level in reversed(range(LEVELS)):
       block = self._block(self.ifc * 2 ** level, f"decoder{level + 1}")
       low, x = x, upsample_nearest(x)
       skip = skips[level]
       if self.attention:
-        skip = AttentionGate(self.dtype, name=f"attention{level + 1}")(skip, x)
+        skip = AttentionGate(self.dtype, self.kernels, name=f"attention{level + 1}")(skip, x)
       if subpixel:  # the same block, without materialising the upsampled concatenation
         x = block(low, train, skip=skip.astype(low.dtype))
       else:
         x = block(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1), train)
-    x = PointwiseConv(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = PointwiseConv(self.num_classes, dtype=self.dtype, kernels=self.kernels, name="head")(x)
     return x.astype(jnp.float32)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lesion_jax.models.kernels import KernelOptions
 from lesion_jax.models.layers import BatchNormOptions, ConvBN, relu6
 
 Array = jax.Array
@@ -97,20 +98,19 @@ class InvertedResidual(nn.Module):
   expand: bool
   strides: int = 1
   dilation: int = 1
-  depthwise_implementation: str = "auto"
+  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
     common = dict(bn_epsilon=KERAS_BN_EPSILON, bn_momentum=KERAS_BN_MOMENTUM,
-                  bn_options=self.bn_options, dtype=self.dtype)
+                  bn_options=self.bn_options, kernels=self.kernels, dtype=self.dtype)
     inputs = x
     if self.expand:
       x = ConvBN(self.expanded, 1, activation=relu6, name="expand", **common)(x, train)
     x = ConvBN(x.shape[-1], 3, strides=self.strides, dilation=self.dilation, activation=relu6,
-               depthwise=True, depthwise_implementation=self.depthwise_implementation,
-               name="depthwise", **common)(x, train)
+               depthwise=True, name="depthwise", **common)(x, train)
     depthwise_output = x
     x = ConvBN(self.features, 1, activation=None, name="project", **common)(x, train)
     if self.strides == 1 and inputs.shape[-1] == self.features:
@@ -125,12 +125,12 @@ class MobileNetV2Encoder(nn.Module):
     alpha: width multiplier (> 0). Keras publishes ImageNet weights for 0.35, 0.5, 0.75, 1.0,
       1.3 and 1.4.
     output_stride: 8 or 16 for DeepLab; 32 builds Keras's network unchanged (no atrous).
-    depthwise_implementation: see `DepthwiseConv2D`.
+    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
     dtype: compute dtype (params stay float32).
   """
   alpha: float = 1.0
   output_stride: int = 16
-  depthwise_implementation: str = "auto"
+  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -149,14 +149,14 @@ class MobileNetV2Encoder(nn.Module):
     stem, widths = block_widths(self.alpha)
     schedule = block_strides_and_rates(self.output_stride)
     x = ConvBN(stem, 3, strides=2, activation=relu6, bn_epsilon=KERAS_BN_EPSILON,
-               bn_momentum=KERAS_BN_MOMENTUM, bn_options=self.bn_options, dtype=self.dtype,
-               name="Conv1")(x, train)
+               bn_momentum=KERAS_BN_MOMENTUM, bn_options=self.bn_options, kernels=self.kernels,
+               dtype=self.dtype, name="Conv1")(x, train)
     features = {}
     for index, ((expanded, out), (stride, rate)) in enumerate(zip(widths, schedule)):
       x, depthwise_output = InvertedResidual(
           expanded, out, expand=index > 0, strides=stride, dilation=rate,
-          depthwise_implementation=self.depthwise_implementation, bn_options=self.bn_options,
-          dtype=self.dtype, name=f"block_{index}")(x, train)
+          kernels=self.kernels, bn_options=self.bn_options, dtype=self.dtype,
+          name=f"block_{index}")(x, train)
       if index == LOW_LEVEL_BLOCK:
         features[4] = depthwise_output
     features[self.output_stride] = x
