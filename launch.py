@@ -4,9 +4,12 @@
   python launch.py --config configs/quickstart.py --workdir runs/q2 --config.loss=jaccard
 
 Flags only: everything an experiment needs is in its config; the work is done by
-`lesion_jax.experiment.run`.
+`lesion_jax.experiment.run`. Exit codes (lesion_jax/errors.py): 0 finished, 1 unexpected error
+(with its traceback), 2 bad input, 3 training diverged, 75 stopped by SIGTERM or SIGINT after
+saving (run the same command again to resume).
 """
 import os
+import shlex
 import sys
 
 from lesion_jax import hugepages
@@ -19,7 +22,7 @@ if __name__ == "__main__":
 from absl import app, flags  # noqa: E402 (after the re-execution above)
 from ml_collections import config_flags  # noqa: E402
 
-from lesion_jax import experiment  # noqa: E402
+from lesion_jax import errors, experiment  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -33,12 +36,6 @@ flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
 flags.mark_flags_as_required(["config"])
 
 
-# Errors that describe bad input (a config value, a path, a workdir holding another run, a NaN
-# loss): the message says what was wrong and what was expected, so it is printed without a
-# traceback. LESION_JAX_TRACEBACK=1 shows the traceback too.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -48,12 +45,19 @@ def main(argv):
                    config_path=config_flags.get_config_filename(FLAGS["config"]),
                    coordinator_address=FLAGS.coordinator_address,
                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  except USER_ERRORS as error:
+  except errors.RunStopped as stopped:
+    print(f"stopped: {stopped}\nresume with: {shlex.join(sys.orig_argv)}", file=sys.stderr)
+    sys.exit(stopped.exit_code)
+  except errors.LesionJaxError as error:
+    # Our own messages say what was wrong and what was expected: no traceback.
+    # LESION_JAX_TRACEBACK=1 shows it too.
     if os.environ.get("LESION_JAX_TRACEBACK"):
       raise
-    message = error.args[0] if isinstance(error, KeyError) and error.args else error
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.exit_code)
+  except KeyboardInterrupt:
+    print("interrupted (a second Ctrl-C): the step in progress was not saved", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from lesion_jax import metrics as metrics_lib
 from lesion_jax import models as models_lib
 from lesion_jax import parallel, train
 from lesion_jax.data import pipeline
+from lesion_jax.errors import ConfigError, WorkdirError
 
 OUTPUTS = ("benchmark.json", "benchmark.md")
 # Every row has these keys (null where a sweep does not measure them, or where a setting failed).
@@ -72,7 +73,7 @@ class ModelSetting:
 def parse_model_setting(spec: str, where: str = "config.benchmark.models") -> ModelSetting:
   """"name" or "name:option=value,option=value" -> ModelSetting (values as Python literals)."""
   if not isinstance(spec, str) or not spec.strip():
-    raise ValueError(f"{where}: each entry must be 'name' or 'name:option=value,...', got {spec!r}")
+    raise ConfigError(f"{where}: each entry must be 'name' or 'name:option=value,...', got {spec!r}")
   name, _, options_text = spec.partition(":")
   name = name.strip()
   models_lib.MODELS.get(name, where=where)
@@ -82,13 +83,13 @@ def parse_model_setting(spec: str, where: str = "config.benchmark.models") -> Mo
       continue
     key, equals, value = item.partition("=")
     if not equals or not key.strip():
-      raise ValueError(f"{where}: {spec!r}: option {item!r} is not option=value")
+      raise ConfigError(f"{where}: {spec!r}: option {item!r} is not option=value")
     try:
       options[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
       options[key.strip()] = value.strip()  # a bare word such as a depthwise implementation
   if "dtype" in options:
-    raise ValueError(f"{where}: {spec!r}: set compute dtypes in config.benchmark.dtypes, not per "
+    raise ConfigError(f"{where}: {spec!r}: set compute dtypes in config.benchmark.dtypes, not per "
                      "model")
   return ModelSetting(spec.strip(), name, options)
 
@@ -114,7 +115,7 @@ def compute_dtypes(config: ml_collections.ConfigDict) -> list[str]:
   dtypes = list(dtypes) or [config.model.dtype]
   for dtype in dtypes:
     if dtype not in models_lib.COMPUTE_DTYPES:
-      raise ValueError(f"config.benchmark.dtypes: {dtype!r} is not one of "
+      raise ConfigError(f"config.benchmark.dtypes: {dtype!r} is not one of "
                        f"{models_lib.COMPUTE_DTYPES}")
   return dtypes
 
@@ -125,15 +126,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[ModelSetting], lis
   bench = config.benchmark
   for key in ("steps", "max_batch_per_device", "cpu_max_batch_per_device"):
     if not isinstance(bench[key], int) or bench[key] < 1:
-      raise ValueError(f"config.benchmark.{key} must be a positive integer, got {bench[key]!r}")
+      raise ConfigError(f"config.benchmark.{key} must be a positive integer, got {bench[key]!r}")
   for key in ("warmup_steps", "pipeline_batches"):
     if not isinstance(bench[key], int) or bench[key] < 0:
-      raise ValueError(f"config.benchmark.{key} must be an integer >= 0, got {bench[key]!r}")
+      raise ConfigError(f"config.benchmark.{key} must be an integer >= 0, got {bench[key]!r}")
   if bench.pipeline_batches and bench.pipeline_images < 10:
-    raise ValueError("config.benchmark.pipeline_images must be >= 10 (the synthetic builder "
+    raise ConfigError("config.benchmark.pipeline_images must be >= 10 (the synthetic builder "
                      f"splits them into train/validation/test), got {bench.pipeline_images!r}")
   if parallel.process_count() > 1:
-    raise ValueError("the benchmark measures one host: run it as a single process (without "
+    raise ConfigError("the benchmark measures one host: run it as a single process (without "
                      "--num_processes or srun over several tasks)")
   settings = model_settings(config)
   dtypes = compute_dtypes(config)
@@ -400,7 +401,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
   loss_fn = losses_lib.get_loss(config.loss)
   config_lib.check_workdir_parent(workdir)
   if os.path.exists(os.path.join(workdir, "benchmark.json")) and not overwrite:
-    raise FileExistsError(f"{workdir!r} already holds a benchmark.json; use another --workdir, "
+    raise WorkdirError(f"{workdir!r} already holds a benchmark.json; use another --workdir, "
                           "or pass --overwrite to replace it")
   os.makedirs(workdir, exist_ok=True)
   env = environment()
@@ -478,6 +479,18 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
   with open(os.path.join(workdir, "benchmark.md"), "w") as f:
     f.write(markdown(rows.rows, env, notes))
   return rows.rows
+
+
+def end_summary(rows: list[dict], workdir: str) -> str:
+  """The last lines of a benchmark on the console."""
+  lines = ["", f"Finished benchmark: {workdir}"]
+  for row in rows:
+    if row["sweep"] == "models":
+      rate = row["train_images_per_s"]
+      lines.append(f"  {row['model']} ({row['dtype']}): "
+                   + (f"{rate:.1f} train images/s" if rate else row.get("error") or "-"))
+  lines.append(f"Tables: {os.path.join(workdir, 'benchmark.md')} (and benchmark.json)")
+  return "\n".join(lines)
 
 
 def _load_average() -> list[float] | None:

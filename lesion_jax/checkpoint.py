@@ -17,13 +17,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lesion_jax.errors import MissingPathError
+
 
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+  # Training saves asynchronously: the state is copied to the host, then written while the
+  # next steps run. A save finishes before the next one starts and before the run ends.
   return ocp.CheckpointManager(
       os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only,
-                                           enable_async_checkpointing=False),
+                                           enable_async_checkpointing=not read_only),
       item_names=("state", "meta"))
 
 
@@ -51,7 +55,7 @@ class RunCheckpoints:
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
     root = os.path.join(workdir, "checkpoints")
     if read_only and not os.path.isdir(os.path.join(root, "best")):
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"{workdir!r} holds no checkpoints (no {root}/best); is it the workdir of a training "
           "run that has evaluated at least once?")
     self.latest = _manager(os.path.join(root, "latest"), keep, read_only)
@@ -63,14 +67,20 @@ class RunCheckpoints:
   def best_step(self) -> int | None:
     return self.best.latest_step()
 
-  def save_latest(self, step: int, state: dict, meta: dict) -> None:
+  def save_latest(self, step: int, state: dict, meta: dict, wait: bool = False) -> None:
+    """Starts saving the train state of `step`; with `wait`, returns once it is on disk."""
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(to_numpy(state)), meta=ocp.args.JsonSave(meta)))
-    self.latest.wait_until_finished()
+    if wait:
+      self.latest.wait_until_finished()
 
   def save_best(self, step: int, variables: dict, meta: dict) -> None:
     self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(to_numpy(variables)), meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    """Returns once every save started is on disk."""
+    self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
   def restore_latest(self, target: dict, step: int | None = None) -> tuple[dict, dict]:
@@ -78,9 +88,10 @@ class RunCheckpoints:
     return _restore(self.latest, step, target)
 
   def restore_best(self, target: dict) -> tuple[dict, dict]:
+    self.best.wait_until_finished()
     step = self.best.latest_step()
     if step is None:
-      raise FileNotFoundError("no best checkpoint in this workdir yet")
+      raise MissingPathError("no best checkpoint in this workdir yet")
     return _restore(self.best, step, target)
 
   def close(self) -> None:
@@ -108,7 +119,7 @@ def restore_variables(workdir: str, target: dict, step: int | None = None) -> tu
   checkpoints = RunCheckpoints(workdir, read_only=True)
   try:
     if checkpoints.best_step() is None:
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"{workdir!r} holds no checkpoint (expected {workdir}/checkpoints/best/<step>); "
           "train a run there first")
     return checkpoints.restore_best(target)
@@ -125,7 +136,7 @@ def read_variables(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
       where = "best checkpoint" if manager is checkpoints.best else f"checkpoint at step {step}"
-      raise FileNotFoundError(
+      raise MissingPathError(
           f"{workdir!r} has no {where} (available steps: {sorted(checkpoints.latest.all_steps())})"
           "; train that run first, or choose an available step")
     state, meta = _restore(manager, step, None)

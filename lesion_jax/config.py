@@ -14,6 +14,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from lesion_jax.errors import ConfigError, MissingPathError
+
 # Config keys whose children are free-form (a mapping the user fills), so the schema check skips them.
 FREE_FORM_KEYS = ("data.options",)
 
@@ -80,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.log_every_steps = 20
   config.training.eval_every_epochs = 1
   config.training.tensorboard_images = 4  # predictions shown in TensorBoard at each evaluation
+  # Divergence: training stops with an error (exit code 3) when a step's loss is NaN or
+  # infinite, or exceeds this many times the mean loss of the run's first
+  # `divergence_reference_steps` steps (0 turns the second check off).
+  config.training.divergence_factor = 100.0
+  config.training.divergence_reference_steps = 50
 
   # Adam with cosine annealing and warm restarts (SGDR, Loshchilov & Hutter; paper's [8]).
   config.optimizer = ml_collections.ConfigDict()
@@ -99,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # latest checkpoints kept, besides the best one
   config.checkpoint.every_steps = config_dict.placeholder(int)  # also mid-epoch; None: per eval
+  # Also a latest checkpoint at least this often (long epochs; a SIGKILL loses at most this).
+  config.checkpoint.every_seconds = config_dict.placeholder(float)
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
@@ -155,7 +164,7 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
   """Refuses keys the base config does not know (a config file that unlocked and added some)."""
   unknown = sorted(_leaf_keys(config) - _leaf_keys(base_config()))
   if unknown:
-    raise ValueError(f"Unknown config key(s): {', '.join(unknown)}. Valid keys are those of "
+    raise ConfigError(f"Unknown config key(s): {', '.join(unknown)}. Valid keys are those of "
                      "lesion_jax.config.base_config(); check the spelling.")
 
 
@@ -164,7 +173,7 @@ def dataset_names(names, key: str) -> tuple[str, ...]:
   if isinstance(names, str):
     names = (names,)
   if not all(isinstance(n, str) for n in names):
-    raise ValueError(f"config.{key} must list dataset names, got {names!r}")
+    raise ConfigError(f"config.{key} must list dataset names, got {names!r}")
   # The command line gives "isic,ph2" (or "isic+ph2") as one string.
   return tuple(part.strip() for n in names for part in n.replace("+", ",").split(",")
                if part.strip())
@@ -180,7 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   losses.LOSSES.get(config.loss, where="config.loss")
   train = dataset_names(config.data.train, "data.train")
   if not train:
-    raise ValueError("config.data.train is empty: name at least one dataset, e.g. "
+    raise ConfigError("config.data.train is empty: name at least one dataset, e.g. "
                      f"{data.dataset_names()}")
   for name in train + dataset_names(config.data.test, "data.test"):
     data.DATASETS.get(name, where="config.data.train / config.data.test")
@@ -190,26 +199,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for part in key.split("."):
       value = value[part]
     if not isinstance(value, int) or value < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {value!r}")
+      raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+  if config.training.divergence_factor < 0 or config.training.divergence_reference_steps < 1:
+    raise ConfigError("config.training.divergence_factor must be >= 0 (0: off) and "
+                      "divergence_reference_steps >= 1, got "
+                      f"{config.training.divergence_factor} and "
+                      f"{config.training.divergence_reference_steps}")
+  if config.checkpoint.every_seconds is not None and not config.checkpoint.every_seconds > 0:
+    raise ConfigError("config.checkpoint.every_seconds must be > 0 (or None), got "
+                      f"{config.checkpoint.every_seconds}")
   if config.training.patience < 0:
-    raise ValueError(f"config.training.patience must be >= 0, got {config.training.patience}")
+    raise ConfigError(f"config.training.patience must be >= 0, got {config.training.patience}")
   if config.model.dtype not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"config.model.dtype must be float32, bfloat16 or float16, "
+    raise ConfigError(f"config.model.dtype must be float32, bfloat16 or float16, "
                      f"got {config.model.dtype!r}")
   if config.cpu_ynnpack not in models.CPU_YNNPACK_CHOICES:
-    raise ValueError(f"config.cpu_ynnpack must be one of {models.CPU_YNNPACK_CHOICES}, "
+    raise ConfigError(f"config.cpu_ynnpack must be one of {models.CPU_YNNPACK_CHOICES}, "
                      f"got {config.cpu_ynnpack!r}")
   if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
-    raise ValueError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
+    raise ConfigError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
   if config.model.init_from:
     from lesion_jax import transfer
     transfer.parse_pretrained(config.model.init_from)
   if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
-    raise FileNotFoundError(f"config.init_from={config.init_from!r}: no such run folder")
+    raise MissingPathError(f"config.init_from={config.init_from!r}: no such run folder")
   # Building the module is cheap (no parameters yet) and checks the model's own arguments.
-  model = models_from_config(config)
-  models.check_input_size(model, config.data.image_size, config.data.image_size)
+  try:
+    model = models_from_config(config)
+    models.check_input_size(model, config.data.image_size, config.data.image_size)
+  except ValueError as error:
+    if isinstance(error, ConfigError):
+      raise
+    raise ConfigError(f"config.model ({config.model.name}): {error}") from None
 
 
 def _accepted_parameters(name: str):
@@ -247,5 +269,5 @@ def models_from_config(config: ml_collections.ConfigDict, **extra):
 def check_workdir_parent(workdir: str) -> None:
   parent = os.path.dirname(os.path.abspath(os.path.expanduser(workdir)))
   if not os.path.isdir(parent):
-    raise FileNotFoundError(f"--workdir {workdir!r}: its parent folder {parent!r} does not exist; "
+    raise MissingPathError(f"--workdir {workdir!r}: its parent folder {parent!r} does not exist; "
                             "create it first (the workdir itself is created for you)")

@@ -87,6 +87,27 @@ def validation_summary(validation: Evaluation, t_index: int, ja_curve: np.ndarra
           "n_images": int(len(validation.counts))}
 
 
+def collapse_warnings(validation: Evaluation, t_index: int, threshold: float) -> list[str]:
+  """A warning when the model calls every validation pixel lesion, or none: a constant mask.
+
+  Such a model still gets metrics (an all-lesion mask scores JA = lesion area / image area),
+  but they describe no segmentation; a too high learning rate is the usual cause.
+  """
+  counts = validation.counts[:, t_index]
+  called_lesion = counts[:, metrics_lib.TP] + counts[:, metrics_lib.FP]
+  pixels = counts.sum(axis=-1)
+  n = len(counts)
+  if n and np.all(called_lesion == pixels):
+    what = "lesion at every pixel"
+  elif n and np.all(called_lesion == 0):
+    what = "background at every pixel"
+  else:
+    return []
+  return [f"the model predicts {what} of all {n} validation images at T = {threshold:.2f}: it "
+          "has collapsed to a constant mask, and its metrics describe no segmentation. Check "
+          "config.optimizer.learning_rate and the loss."]
+
+
 def image_ids(source, indices: np.ndarray) -> list[str]:
   ids = []
   for i in indices:
@@ -117,5 +138,5 @@ def write_results(workdir: str, results: dict) -> None:
     workdir_lib.write_json_atomically(os.path.join(workdir, "results.json"), results)
 
 
-__all__ = ["Evaluation", "evaluate", "image_ids", "test_metrics",
+__all__ = ["Evaluation", "collapse_warnings", "evaluate", "image_ids", "test_metrics",
            "threshold_search", "validation_summary", "write_reports", "write_results"]

@@ -1,46 +1,90 @@
-"""The one function `launch.py` calls: set up logging and hosts, then run the config's experiment.
+"""The one function `launch.py` calls: check the config, set up hosts and logs, run, summarise.
 
-`config.experiment` names what to do with the config ("train" for one run). The registry lists
-the valid names when a config asks for an unknown one.
+`config.experiment` names what to do with the config ("train" for one run); the registry lists
+the valid names when a config asks for an unknown one. The console gets our own progress lines,
+warnings from everywhere, and at the end a summary of what was written where; the resolved
+config goes to the run's config.json and log.txt, never to the console.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from lesion_jax import config as config_lib
 from lesion_jax import parallel
 from lesion_jax.registry import Registry
 
-# name -> fn(config, workdir, overwrite) -> result
-EXPERIMENTS: Registry[Callable[..., Any]] = Registry("experiment")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@EXPERIMENTS.register("train")
-def _train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool):
-  from lesion_jax import train
-  return train.train_and_evaluate(config, workdir, overwrite=overwrite)
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What `launch.py` runs for one value of `config.experiment`."""
+  run: str  # "module:function", imported when run: fn(config, workdir, overwrite=...) -> result
+  summary: str  # "module:function": fn(result, workdir) -> the lines printed at the end
+
+  def __call__(self, config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> Any:
+    return _function(self.run)(config, workdir, overwrite=overwrite)
+
+  def summarize(self, result: Any, workdir: str) -> str:
+    return _function(self.summary)(result, workdir)
 
 
-@EXPERIMENTS.register("benchmark")
-def _benchmark(config: ml_collections.ConfigDict, workdir: str, overwrite: bool):
-  from lesion_jax import benchmark
-  return benchmark.run_benchmark(config, workdir, overwrite=overwrite)
+def _function(path: str) -> Callable:
+  # Imported only when used: a config check must not pay for TensorFlow or every model.
+  module, name = path.split(":")
+  return getattr(importlib.import_module(f"lesion_jax.{module}"), name)
 
 
-@EXPERIMENTS.register("sweep")
-def _sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool):
-  from lesion_jax import sweep
-  return sweep.run_sweep(config, workdir, overwrite=overwrite)
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+EXPERIMENTS.add("train", Experiment("train:train_and_evaluate", "report.tables:run_end_summary"))
+EXPERIMENTS.add("benchmark", Experiment("benchmark:run_benchmark", "benchmark:end_summary"))
+EXPERIMENTS.add("sweep", Experiment("sweep:run_sweep", "sweep:sweep_end_summary"))
+EXPERIMENTS.add("transfer", Experiment("sweep:run_transfer", "sweep:transfer_end_summary"))
 
 
-@EXPERIMENTS.register("transfer")
-def _transfer(config: ml_collections.ConfigDict, workdir: str, overwrite: bool):
-  from lesion_jax import sweep
-  return sweep.run_transfer(config, workdir, overwrite=overwrite)
+# Library warnings that say nothing a user can act on; the run's log.txt still has them.
+QUIET_LIBRARY_WARNINGS = ("OpenCV is not installed", "Using custom data configuration")
+
+
+class _ConsoleFilter(logging.Filter):
+  """Our own messages from INFO up (except those meant for the log file), others from WARNING."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not getattr(record, "console", True):
+      return False
+    if record.pathname.startswith(PACKAGE_DIR):
+      return record.levelno >= logging.INFO
+    return (record.levelno >= logging.WARNING
+            and not str(record.msg).startswith(QUIET_LIBRARY_WARNINGS))
+
+
+class _ConsoleFormatter(logging.Formatter):
+
+  def format(self, record: logging.LogRecord) -> str:
+    message = super().format(record)
+    return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def configure_console_logging() -> None:
+  """One stderr handler instead of absl's (which prefixes every line with time and source)."""
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  for handler in list(root.handlers):
+    root.removeHandler(handler)
+  console = logging.StreamHandler(sys.stderr)
+  console.addFilter(_ConsoleFilter())
+  console.setFormatter(_ConsoleFormatter("%(message)s"))
+  root.addHandler(console)
+  # orbax and tfds log every checkpoint and shard at INFO: the run's log file keeps them out.
+  logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def _enable_compilation_cache() -> None:
@@ -59,21 +103,33 @@ def default_workdir(config_path: str | None) -> str:
   return os.path.join("runs", name)
 
 
+def overrides_line(overrides: Mapping[str, Any] | None) -> str:
+  if not overrides:
+    return "no overrides"
+  return "overrides: " + ", ".join(f"{k}={json.dumps(v, default=str)}"
+                                   for k, v in sorted(overrides.items()))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | None, *, overwrite: bool = False,
         overrides: Mapping[str, Any] | None = None, config_path: str | None = None,
         coordinator_address: str | None = None, num_processes: int | None = None,
         process_id: int | None = None) -> Any:
-  """Runs `config.experiment` in `workdir`, after logging the resolved config and overrides."""
+  """Checks `config`, runs `config.experiment` in `workdir` and prints where the results are."""
+  configure_console_logging()
+  # Before anything touches a JAX backend (choosing a model's kernels does).
   parallel.initialize_distributed(coordinator_address, num_processes, process_id)
-  _enable_compilation_cache()
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger().setLevel(logging.INFO)
-  # orbax and tfds log every checkpoint and shard at INFO; keep the run's own log readable.
-  logging.getLogger("absl").setLevel(logging.WARNING)
   experiment = EXPERIMENTS.get(config.experiment, where="config.experiment")
+  # A bad config or workdir is reported before anything else is printed.
+  config_lib.validate(config)
   workdir = workdir or default_workdir(config_path)
-  if overrides:
-    logging.info("Config overrides: %s", json.dumps(
-        {k: v for k, v in overrides.items()}, default=str, sort_keys=True))
-  logging.info("Resolved config:\n%s", config)
-  return experiment(config, workdir, overwrite)
+  config_lib.check_workdir_parent(workdir)
+  _enable_compilation_cache()
+  logging.info("lesion_jax: %s %s in %s (%s)", config.experiment, config_path or "config",
+               workdir, overrides_line(overrides))
+  result = experiment(config, workdir, overwrite)
+  if parallel.is_main_process():
+    print(experiment.summarize(result, workdir), flush=True)
+  return result
+
+
+__all__ = ["EXPERIMENTS", "Experiment", "configure_console_logging", "default_workdir", "run"]

@@ -22,15 +22,14 @@ import numpy as np
 
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import evaluation as evaluation_lib
-from lesion_jax import inference, parallel
+from lesion_jax import errors, inference, parallel, preemption
 from lesion_jax.data import pipeline
 
 if TYPE_CHECKING:
   from lesion_jax.train import RunSetup
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+NonFiniteLossError = errors.TrainingDiverged  # the name earlier versions raised
 
 
 @dataclasses.dataclass
@@ -44,6 +43,9 @@ class LoopState:
   train_seconds: float = 0.0  # compilation, evaluation and saving excluded
   images_per_second: float = 0.0
   init_from: dict | None = None  # the run this one started from (transfer)
+  # Divergence check: mean train loss of the run's first steps, and how many it averages.
+  loss_reference: float = 0.0
+  loss_reference_steps: int = 0
 
   def record_validation(self, val_ja: float, step: int, patience: int) -> bool:
     """Updates the best score and the early-stopping count; True when `val_ja` is a new best."""
@@ -61,7 +63,8 @@ class LoopState:
     return {"best_val_ja": self.best_val_ja, "best_step": self.best_step,
             "es_count": self.evaluations_without_improvement, "should_stop": self.should_stop,
             "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
-            "init_from": self.init_from}
+            "init_from": self.init_from, "loss_reference": self.loss_reference,
+            "loss_reference_steps": self.loss_reference_steps}
 
   @classmethod
   def from_meta(cls, meta: Mapping[str, Any]) -> "LoopState":
@@ -71,7 +74,9 @@ class LoopState:
                should_stop=bool(meta["should_stop"]),
                train_seconds=float(meta["train_seconds"]),
                images_per_second=float(meta["images_per_second"]),
-               init_from=meta.get("init_from"))
+               init_from=meta.get("init_from"),
+               loss_reference=float(meta.get("loss_reference", 0.0)),
+               loss_reference_steps=int(meta.get("loss_reference_steps", 0)))
 
 
 class Clock:
@@ -120,9 +125,12 @@ class Clock:
 class MetricWriter:
   """metrics.jsonl lines and TensorBoard scalars/images; only the main process writes."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = parallel.is_main_process()
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.enabled else None
+    path = os.path.join(workdir, "metrics.jsonl")
+    if self.enabled and start_step and os.path.exists(path):
+      _drop_rows_after(path, start_step)
+    self._jsonl = open(path, "a") if self.enabled else None
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
@@ -147,15 +155,37 @@ class MetricWriter:
       self._tb.close()
 
 
-class PendingLosses:
-  """Step losses kept on the device until a logging step fetches them together.
+def _drop_rows_after(path: str, step: int) -> None:
+  """Removes the metrics.jsonl rows of steps after `step`, which a resumed run logs again.
+
+  A run killed after its last checkpoint had logged those steps already; without this the file
+  would hold them twice. Rows cut short by the kill are dropped too.
+  """
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if int(json.loads(line)["step"]) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
+class LossMonitor:
+  """Step losses kept on the device until a logging step fetches them, then checked.
 
   Fetching every step would make the host wait for the device at every step; fetched in a
-  group, they are checked for NaN or infinity and their mean is logged.
+  group, every step's loss is checked and their mean is logged. Training has diverged when a
+  loss is NaN or infinite (the step itself skips such an update, so the parameters stay
+  finite), or when it exceeds `divergence_factor` times the mean loss of the run's first
+  `divergence_reference_steps` steps (an exploding loss stays finite for a while: 3e12).
   """
 
-  def __init__(self, run: "RunSetup", writer: MetricWriter, clock: Clock):
-    self.run, self.writer, self.clock = run, writer, clock
+  def __init__(self, run: "RunSetup", writer: MetricWriter, clock: Clock, loop: LoopState):
+    self.run, self.writer, self.clock, self.loop = run, writer, clock, loop
     self.pending: list[tuple[int, dict]] = []
 
   def add(self, step: int, step_metrics: dict) -> None:
@@ -165,14 +195,9 @@ class PendingLosses:
     if not self.pending:
       return
     fetched = jax.device_get([m for _, m in self.pending])
-    losses = np.array([np.asarray(m["loss"])[0] for m in fetched])
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-      first = self.pending[bad[0]][0]
-      raise NonFiniteLossError(
-          f"loss became {losses[bad[0]]} at step {first}; training stopped. The last good "
-          f"checkpoint (step {self.run.checkpoints.latest_step()}) is kept in "
-          f"{self.run.workdir}/checkpoints")
+    losses = np.array([np.asarray(m["loss"])[0] for m in fetched], np.float64)
+    for (step, _), loss in zip(self.pending, losses):
+      self._check(step, loss)
     last_step = self.pending[-1][0]
     values = {"loss": float(losses.mean()),
               "learning_rate": float(self.run.schedule(last_step - 1))}
@@ -181,6 +206,57 @@ class PendingLosses:
       values["images_per_second"] = images_per_second
     self.writer.write("train", last_step, values)
     self.pending.clear()
+
+  def _check(self, step: int, loss: float) -> None:
+    training = self.run.config.training
+    loop = self.loop
+    if not np.isfinite(loss):
+      raise self._diverged(step, f"the loss became {loss}")
+    if (training.divergence_factor and loop.loss_reference_steps
+        and loss > training.divergence_factor * loop.loss_reference):
+      raise self._diverged(
+          step, f"the loss reached {loss:.4g}, {loss / loop.loss_reference:.3g} times its mean "
+          f"over the run's first {loop.loss_reference_steps} steps ({loop.loss_reference:.4g}; "
+          f"config.training.divergence_factor = {training.divergence_factor:g})")
+    if loop.loss_reference_steps < training.divergence_reference_steps:
+      n = loop.loss_reference_steps
+      loop.loss_reference = (loop.loss_reference * n + loss) / (n + 1)
+      loop.loss_reference_steps = n + 1
+
+  def _diverged(self, step: int, what: str) -> errors.TrainingDiverged:
+    kept = self.run.checkpoints.latest_step()
+    where = (f"The last good checkpoint, step {kept}, is kept in "
+             f"{self.run.workdir}/checkpoints/latest" if kept is not None else
+             "No checkpoint had been saved yet, so none is kept")
+    return errors.TrainingDiverged(
+        f"training diverged at step {step}: {what}. {where}. Lower "
+        "config.optimizer.learning_rate (or try another loss) and start again in a new "
+        "--workdir, or in this one with --overwrite.")
+
+
+class SaveTimer:
+  """`config.checkpoint.every_seconds`: a latest checkpoint at least this often, so that a
+  killed run (SIGKILL, a crash) loses at most that much of a long epoch.
+
+  With several processes the clock of process 0 decides, at logging steps, for all of them.
+  """
+
+  def __init__(self, every_seconds: float | None, log_every_steps: int):
+    self.every_seconds = every_seconds
+    self.log_every_steps = log_every_steps
+    self.last = time.monotonic()
+
+  def due(self, step: int) -> bool:
+    if not self.every_seconds:
+      return False
+    if parallel.process_count() == 1:
+      return time.monotonic() - self.last >= self.every_seconds
+    if step % self.log_every_steps:
+      return False
+    return parallel.broadcast_from_main(time.monotonic() - self.last >= self.every_seconds)
+
+  def saved(self) -> None:
+    self.last = time.monotonic()
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = ""):
@@ -212,15 +288,21 @@ def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: Me
                               {"step": step, "val_ja": val_ja})
 
 
-def train_loop(run: "RunSetup", replicated, loop: LoopState) -> tuple[Any, int]:
-  """Trains from `run.start_step` to the end or an early stop; returns (state, last step)."""
+def train_loop(run: "RunSetup", replicated, loop: LoopState,
+               stop: preemption.StopRequest) -> tuple[Any, int]:
+  """Trains from `run.start_step` to the end or an early stop; returns (state, last step).
+
+  Raises errors.TrainingDiverged when the loss diverges, and errors.RunStopped after saving the
+  step it reached when SIGTERM or SIGINT arrives (`stop`).
+  """
   step = run.start_step
   if loop.should_stop or step >= run.total_steps:
     return replicated, step
   config = run.config
-  writer = MetricWriter(run.workdir)
+  writer = MetricWriter(run.workdir, start_step=step)
   clock = Clock(loop.train_seconds, run.global_batch)
-  losses = PendingLosses(run, writer, clock)
+  losses = LossMonitor(run, writer, clock, loop)
+  timer = SaveTimer(config.checkpoint.every_seconds, config.training.log_every_steps)
   progress = progress_bar(total=run.total_steps, initial=step, desc="train")
   batches = parallel.prefetch_to_devices(
       pipeline.iterate_from(run.train_batches, step, num_threads=config.data.num_threads),
@@ -234,24 +316,37 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState) -> tuple[Any, int]:
       if step % config.training.log_every_steps == 0:
         losses.flush()
       at_eval = step % run.eval_every == 0 or step == run.total_steps
+      stopping = stop.reached(step)  # every process calls it at every step
       every = config.checkpoint.every_steps
-      if at_eval or (every and step % every == 0):
+      if at_eval or stopping or (every and step % every == 0) or timer.due(step):
+        losses.flush()  # a diverged loss is found before anything is saved
         with clock.paused():
           if at_eval:
-            losses.flush()  # a NaN is found before the state is evaluated and saved
             validate(run, replicated, loop, step, writer, progress)
           clock.record(loop)
           run.checkpoints.save_latest(step, checkpoint_lib.state_to_dict(
-              parallel.unreplicate(replicated)), loop.to_meta())
+              parallel.unreplicate(replicated)), loop.to_meta(), wait=stopping)
+          timer.saved()
+      if stopping:
+        raise _stopped(run, step, stop.received)
       if at_eval and loop.should_stop:
         logging.info("Early stopping at step %d: no better validation JA for %d evaluations",
                      step, config.training.patience)
         break
+    losses.flush()
   finally:
     progress.close()
-  losses.flush()
-  writer.close()
+    writer.close()
+    run.checkpoints.wait()  # an asynchronous save in flight is finished before anything else
   return replicated, step
+
+
+def _stopped(run: "RunSetup", step: int, signal_name: str | None) -> errors.RunStopped:
+  path = os.path.join(run.workdir, "checkpoints", "latest", str(step))
+  return errors.RunStopped(
+      f"{signal_name or 'a signal'} received: training stopped after step {step} of "
+      f"{run.total_steps} and saved it in {path}. Run the same command again to resume there.",
+      step=step, signal_name=signal_name or "")
 
 
 def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int) -> None:
@@ -270,5 +365,5 @@ def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int
   writer.images("validation/truth_vs_probability", step, panels.astype(np.float32))
 
 
-__all__ = ["Clock", "LoopState", "MetricWriter", "NonFiniteLossError", "PendingLosses",
-           "progress_bar", "train_loop", "validate"]
+__all__ = ["Clock", "LossMonitor", "LoopState", "MetricWriter", "NonFiniteLossError",
+           "SaveTimer", "progress_bar", "train_loop", "validate"]

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from flax import jax_utils
 
+from lesion_jax.errors import ConfigError
+
 # The name of the mapped axis in every collective. Models receive it as `bn_axis_name`.
 AXIS_NAME = "batch"
 
@@ -29,7 +31,7 @@ def local_devices(num_devices: int | None = None) -> list[jax.Device]:
   if num_devices is None:
     return devices
   if not 1 <= num_devices <= len(devices):
-    raise ValueError(f"config.num_devices={num_devices}, but this host has {len(devices)} "
+    raise ConfigError(f"config.num_devices={num_devices}, but this host has {len(devices)} "
                      f"local {devices[0].platform} device(s); use a value in 1..{len(devices)} "
                      "or leave it unset for all")
   return devices[:num_devices]
@@ -172,7 +174,7 @@ def initialize_distributed(coordinator_address: str | None = None,
                               ("--num_processes", num_processes),
                               ("--process_id", process_id)) if v is None]
     if missing:
-      raise ValueError(f"a multi-process run needs all of --coordinator_address, --num_processes "
+      raise ConfigError(f"a multi-process run needs all of --coordinator_address, --num_processes "
                        f"and --process_id; missing {', '.join(missing)}")
     if num_processes == 1:
       return False
@@ -207,6 +209,14 @@ def gather_from_processes(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
   return [np.asarray(multihost_utils.process_allgather(a, tiled=True)) for a in arrays]
 
 
+def broadcast_from_main(value: bool) -> bool:
+  """Process 0's `value` on every process (a decision they must all take alike)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int32)))
+
+
 def sync_hosts(name: str) -> None:
   """A barrier across processes (no-op for one process)."""
   if jax.process_count() > 1:
@@ -227,6 +237,7 @@ __all__ = [
     "AXIS_NAME", "local_devices", "mapped_devices", "cross_replica_mean", "replica_index",
     "replicate", "unreplicate", "CompiledStep", "pmap_train_step", "pmap_eval_step", "shard",
     "prefetch_to_devices", "to_host", "initialize_distributed", "process_index",
-    "process_count", "is_main_process", "gather_from_processes", "sync_hosts",
+    "process_count", "is_main_process", "gather_from_processes", "broadcast_from_main",
+    "sync_hosts",
     "assert_replicas_equal",
 ]

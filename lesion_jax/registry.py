@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from lesion_jax.errors import UnknownNameError
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-  """Raised for a name that is not registered; the message lists the valid names."""
-
-  def __str__(self) -> str:  # KeyError would otherwise print the repr of its argument.
-    return str(self.args[0])
 
 
 class Registry(Generic[T]):

@@ -18,6 +18,7 @@ import ml_collections
 
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import config as config_lib
+from lesion_jax.errors import MissingPathError
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class Run:
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} is not a training run: it has no config.json "
+    raise MissingPathError(f"{workdir!r} is not a training run: it has no config.json "
                             "(train one with launch.py first)")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))

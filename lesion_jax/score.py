@@ -105,6 +105,11 @@ def score_folders(truth_dir: str | pathlib.Path, pred_dir: str | pathlib.Path,
   problems: list[str] = []
   truths = _index_folder(truth_dir, "truth", problems)
   preds = _index_folder(pred_dir, "prediction", problems)
+  if not truths or not preds:
+    # A missing or empty folder is the cause; listing every file of the other one as
+    # unpaired would only bury it.
+    raise ScoreInputError(f"cannot score {pred_dir} against {truth_dir}: "
+                          + "; ".join(problems))
   for key in sorted(truths.keys() - preds.keys()):
     problems.append(f"truth {truths[key].name} has no prediction (image id {key!r})")
   for key in sorted(preds.keys() - truths.keys()):

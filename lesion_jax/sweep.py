@@ -50,6 +50,8 @@ import ml_collections
 from lesion_jax import config as config_lib
 from lesion_jax import parallel, report
 from lesion_jax import workdir as workdir_lib
+from lesion_jax import errors
+from lesion_jax.errors import ConfigError, UnknownNameError
 from lesion_jax.workdir import finished_results
 
 # Keys a grid may not set: they describe the sweep itself, not one run.
@@ -57,6 +59,11 @@ _RESERVED_KEYS = ("experiment", "sweep", "transfer")
 # Run names longer than this end in a hash of the overrides instead.
 _MAX_NAME_LENGTH = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class SweepRunsFailed(errors.LesionJaxError, RuntimeError):
+  """Some runs of a sweep failed (each logged with its traceback); the others finished."""
+  exit_code = 1
 
 
 @dataclasses.dataclass
@@ -76,15 +83,15 @@ def expand_grids(grids: Sequence[Mapping[str, Any]]) -> list[dict]:
   combinations, seen = [], set()
   for g, grid in enumerate(grids):
     if not isinstance(grid, Mapping):
-      raise ValueError(f"config.sweep.grids[{g}] must be a mapping {{dotted key: [values]}}, "
+      raise ConfigError(f"config.sweep.grids[{g}] must be a mapping {{dotted key: [values]}}, "
                        f"got {type(grid).__name__} {grid!r}")
     for key, values in grid.items():
       if not isinstance(values, list) or not values:
         hint = (f"; for one tuple value write [{values!r}]" if isinstance(values, tuple) else "")
-        raise ValueError(f"config.sweep.grids[{g}][{key!r}] must be a non-empty list of values "
+        raise ConfigError(f"config.sweep.grids[{g}][{key!r}] must be a non-empty list of values "
                          f"(an axis of the sweep), got {values!r}{hint}")
       if key.split(".")[0] in _RESERVED_KEYS:
-        raise ValueError(f"config.sweep.grids[{g}][{key!r}]: a sweep cannot vary "
+        raise ConfigError(f"config.sweep.grids[{g}][{key!r}]: a sweep cannot vary "
                          f"{', '.join(_RESERVED_KEYS)}")
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
@@ -165,17 +172,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         node = node[part]
       current = node[leaf]
     except (KeyError, AttributeError, TypeError):
-      raise KeyError(f"{where}: {key!r} is not a config key (see lesion_jax.config."
+      raise UnknownNameError(f"{where}: {key!r} is not a config key (see lesion_jax.config."
                      "base_config for the valid ones)") from None
     if isinstance(current, ml_collections.ConfigDict) and not isinstance(value, Mapping):
-      raise ValueError(f"{where}: {key!r} is a config section; set one of its keys instead "
+      raise ConfigError(f"{where}: {key!r} is a config section; set one of its keys instead "
                        f"({', '.join(current.keys())})")
     if isinstance(current, tuple) and isinstance(value, list):
       value = tuple(value)
     try:
       node[leaf] = value
     except TypeError as error:
-      raise TypeError(f"{where}: {key!r} = {value!r}: {error}") from None
+      raise ConfigError(f"{where}: {key!r} = {value!r}: {error}") from None
   return config
 
 
@@ -204,14 +211,14 @@ def sweep_runs(config: ml_collections.ConfigDict) -> list[SweepRun]:
   """The runs of `config.sweep.grids`, each config built and validated (nothing is trained)."""
   grids = config.sweep.grids
   if not grids:
-    raise ValueError("config.sweep.grids is empty: give at least one grid, e.g. "
+    raise ConfigError("config.sweep.grids is empty: give at least one grid, e.g. "
                      "({'loss': ['dice', 'jaccard']},)")
   base = _for_one_run(config)
   runs, names, configs = [], {}, {}
   for overrides in expand_grids(grids):
     name = run_name(overrides)
     if name in names:
-      raise ValueError(f"sweep runs {names[name]} and {overrides} would share the folder "
+      raise ConfigError(f"sweep runs {names[name]} and {overrides} would share the folder "
                        f"{name!r}; make their values differ in more than punctuation")
     names[name] = overrides
     run_config = apply_overrides(base, overrides, where=f"sweep run {name}")
@@ -285,10 +292,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool =
     table_path = write_table()
   table_path = write_table() or table_path
   if failed:
-    raise RuntimeError(f"{len(failed)} of {len(runs)} sweep runs failed: "
+    raise SweepRunsFailed(f"{len(failed)} of {len(runs)} sweep runs failed: "
                        + "; ".join(f"{n}: {e}" for n, e in failed.items())
                        + f". The others are in {table_path}; run the sweep again to retry.")
   return {"runs": results_by_name, "failed": failed, "skipped": skipped, "table": table_path}
+
+
+def sweep_end_summary(result: dict, workdir: str) -> str:
+  """The last lines of a sweep on the console."""
+  return "\n".join(["", f"Finished sweep: {workdir} ({len(result['runs'])} runs, "
+                     f"{len(result['skipped'])} of them finished before)",
+                     f"Table 2: {result['table']} (and table2.csv beside it)"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,14 +323,14 @@ def transfer_plan(config: ml_collections.ConfigDict, workdir: str) -> TransferPl
   settings = config.transfer
   pretrain_data = config_lib.dataset_names(settings.pretrain_data, "transfer.pretrain_data")
   if not pretrain_data:
-    raise ValueError("config.transfer.pretrain_data is empty: name the datasets to pretrain on "
+    raise ConfigError("config.transfer.pretrain_data is empty: name the datasets to pretrain on "
                      "(the paper's set D: ('isic', 'ph2'))")
   if config.init_from:
-    raise ValueError(f"config.init_from={config.init_from!r}: the transfer experiment sets it "
+    raise ConfigError(f"config.init_from={config.init_from!r}: the transfer experiment sets it "
                      "to its pretraining run; to reuse a finished pretraining run set "
                      "config.transfer.pretrain_workdir instead")
   if config.sweep.grids:
-    raise ValueError("config.sweep.grids is set: a transfer experiment does not sweep")
+    raise ConfigError("config.sweep.grids is set: a transfer experiment does not sweep")
   base = _for_one_run(config)
   exp1 = copy.deepcopy(base)
   exp1.init_step = None
@@ -391,6 +405,17 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str, overwrite: boo
   return {"exp1": exp1, "pretrain": pretrain, "finetune": finetune, "report": report_path}
 
 
+def transfer_end_summary(result: dict, workdir: str) -> str:
+  """The last lines of the transfer experiment on the console."""
+  lines = ["", f"Finished transfer experiment: {workdir}"]
+  for name in ("exp1", "pretrain", "finetune"):
+    test = result[name]["test"]
+    tja = ", ".join(f"{subset} TJA {100 * m['tja']:.2f}" for subset, m in test.items())
+    lines.append(f"  {name}: T {result[name]['threshold']:.2f}; {tja or 'no test split'}")
+  lines.append(f"Report (Table 3 layout, paired differences, Fig. 1): {result['report']}")
+  return "\n".join(lines)
+
+
 def write_transfer_report(workdir: str, exp1_workdir: str, exp2_workdir: str,
                           notes: Sequence[str] = (), resamples: int = 10_000,
                           seed: int = 0, write: bool = True) -> str:
@@ -403,5 +428,6 @@ def write_transfer_report(workdir: str, exp1_workdir: str, exp2_workdir: str,
 
 
 __all__ = ["SweepRun", "TransferPlan", "apply_overrides", "expand_grids", "finished_results",
-           "run_name", "run_sweep", "run_transfer", "sweep_runs",
+           "run_name", "run_sweep", "run_transfer", "sweep_end_summary", "sweep_runs",
+           "transfer_end_summary",
            "transfer_plan", "write_transfer_report"]

@@ -30,9 +30,10 @@ from lesion_jax import losses as losses_lib
 from lesion_jax import loop as loop_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import models as models_lib
-from lesion_jax import optim, parallel, transfer
+from lesion_jax import errors, optim, parallel, preemption, transfer
 from lesion_jax import workdir as workdir_lib
 from lesion_jax.data import loading, pipeline
+from lesion_jax.errors import ConfigError
 
 NonFiniteLossError = loop_lib.NonFiniteLossError
 RUN_OUTPUTS = workdir_lib.RUN_OUTPUTS
@@ -176,7 +177,7 @@ def _step_plan(config: ml_collections.ConfigDict, train_size: int,
   """(steps per epoch, total steps, steps between evaluations)."""
   steps_per_epoch = train_size // global_batch
   if steps_per_epoch < 1:
-    raise ValueError(f"{train_size} training images are fewer than one global batch "
+    raise ConfigError(f"{train_size} training images are fewer than one global batch "
                      f"of {global_batch}; lower config.batch_size_per_device")
   total_steps = config.training.num_epochs * steps_per_epoch
   if config.training.max_steps:
@@ -242,9 +243,13 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list) ->
       start_step=int(state.step))
 
 
-def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState,
-                     last_step: int) -> dict:
-  """Best checkpoint -> threshold search on validation -> test metrics -> results and reports."""
+def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_step: int,
+                     stop: preemption.StopRequest | None = None) -> dict:
+  """Best checkpoint -> threshold search on validation -> test metrics -> results and reports.
+
+  A signal during it stops the run before results.json is written; the last step's checkpoint
+  is on disk, so the same command evaluates again.
+  """
   trained = parallel.unreplicate(replicated)
   best, best_meta = run.checkpoints.restore_best(
       {"params": trained.params, "batch_stats": trained.batch_stats})
@@ -266,7 +271,15 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState,
       "init_from": loop.init_from,
       "training": {"steps": int(last_step), "seconds": float(loop.train_seconds),
                    "images_per_second": float(loop.images_per_second)},
+      "warnings": evaluation_lib.collapse_warnings(validation, t_index, threshold),
   }
+  for warning in results["warnings"]:
+    logging.warning("%s", warning)
+  if stop is not None and stop.received:
+    raise errors.RunStopped(
+        f"{stop.received} received during the final evaluation: results.json was not written. "
+        "Training had finished and is saved; run the same command again to evaluate.",
+        step=last_step, signal_name=stop.received)
   if parallel.is_main_process():
     evaluation_lib.write_reports(run.workdir, results, ja_curve, per_image, run.datasets.test,
                                  run.model, best, run.preprocess_eval,
@@ -285,11 +298,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if os.path.exists(os.path.join(workdir, "results.json")):
     logging.info("%s is a finished run; its results are in %s/results.json", workdir, workdir)
     return workdir_lib.read_results(workdir)
-  run = setup_run(config, workdir, devices)
-  replicated = parallel.replicate(run.state, devices)
-  run.state = None  # the replicated copy is the live one (and is donated at every step)
-  replicated, last_step = loop_lib.train_loop(run, replicated, run.loop)
-  results = final_evaluation(run, replicated, run.loop, last_step)
+  with workdir_lib.run_log(workdir), preemption.StopRequest() as stop:
+    # The whole config goes to the log file only; config.json holds it as JSON.
+    logging.info("Resolved config:\n%s", config, extra={"console": False})
+    run = setup_run(config, workdir, devices)
+    replicated = parallel.replicate(run.state, devices)
+    run.state = None  # the replicated copy is the live one (and is donated at every step)
+    replicated, last_step = loop_lib.train_loop(run, replicated, run.loop, stop)
+    results = final_evaluation(run, replicated, run.loop, last_step, stop)
   parallel.sync_hosts("run-finished")
   return results
 

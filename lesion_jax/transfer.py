@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from lesion_jax.errors import ConfigError, MissingPathError
 from lesion_jax.registry import Registry
 
 # KIND -> loader(variables, path, dont_load) -> (variables, report), for config.model.init_from.
@@ -49,13 +50,13 @@ def parse_pretrained(spec: str) -> tuple[str, str]:
   import os
   kind, sep, path = spec.partition(":")
   if not sep or not path:
-    raise ValueError(f"config.model.init_from={spec!r}: expected 'KIND:PATH' with KIND one of "
+    raise ConfigError(f"config.model.init_from={spec!r}: expected 'KIND:PATH' with KIND one of "
                      f"{PRETRAINED_KINDS.names()}")
   PRETRAINED_KINDS.get(kind, where="config.model.init_from")
   path = os.path.expanduser(path)
   # A TF1 checkpoint is a prefix: model.ckpt-N names model.ckpt-N.index and .data-* files.
   if not (os.path.exists(path) or os.path.exists(path + ".index")):
-    raise FileNotFoundError(f"config.model.init_from: {path!r} does not exist (nor "
+    raise MissingPathError(f"config.model.init_from: {path!r} does not exist (nor "
                             f"{path + '.index'!r} for a TF1 checkpoint prefix)")
   return kind, path
 
@@ -83,7 +84,7 @@ def _matcher(patterns: Iterable[str], key: str):
     try:
       compiled.append(re.compile(pattern))
     except re.error as error:
-      raise ValueError(f"config.{key}: {pattern!r} is not a valid regular expression "
+      raise ConfigError(f"config.{key}: {pattern!r} is not a valid regular expression "
                        f"({error})") from error
   return lambda path: any(p.fullmatch(path) for p in compiled)
 
@@ -117,7 +118,7 @@ def merge_variables(fresh: Mapping[str, Any], loaded: Mapping[str, Any],
   if mismatched:
     problems.append(f"shape mismatch: {'; '.join(sorted(mismatched))}")
   if problems:
-    raise ValueError("Cannot initialise from " + source + ":\n  " + "\n  ".join(problems) +
+    raise ConfigError("Cannot initialise from " + source + ":\n  " + "\n  ".join(problems) +
                      "\nAdd patterns to config.dont_load for variables that should start fresh.")
   return unflatten(merged)
 
@@ -146,6 +147,6 @@ def check_patterns_match(variables: Mapping[str, Any], patterns: Iterable[str],
   paths = list(flatten(variables))
   for pattern in patterns:
     if not any(_matcher([pattern], key)(p) for p in paths):
-      raise ValueError(f"config.{key}: pattern {pattern!r} matches no variable; variable paths "
+      raise ConfigError(f"config.{key}: pattern {pattern!r} matches no variable; variable paths "
                        f"look like {paths[:3]}")
 

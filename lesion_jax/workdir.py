@@ -6,20 +6,24 @@ A workdir belongs to one config. `prepare_workdir` creates it, or finds there th
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import ml_collections
 
 from lesion_jax import config as config_lib
 from lesion_jax import parallel
+from lesion_jax.errors import MissingPathError, WorkdirError
 
 # Files a run writes in its workdir; `--overwrite` removes exactly these and nothing else.
-RUN_OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "results.json", "results.md",
-               "overlays", "tensorboard", "threshold_curve.json", "threshold_curve.png",
-               "per_image.csv", "training_curves.png")
+RUN_OUTPUTS = ("checkpoints", "config.json", "log.txt", "metrics.jsonl", "results.json",
+               "results.md", "overlays", "tensorboard", "threshold_curve.json",
+               "threshold_curve.png", "per_image.csv", "training_curves.png")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -38,6 +42,34 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
   return set() if a is b or a == b else {prefix.rstrip(".")}
 
 
+def _added_at_default(stored: dict, key: str, defaults: dict) -> bool:
+  """Whether `key` is missing from a stored config.json and has its default value now: a key
+  added to base_config after that run started, which must not stop it from resuming."""
+  node, default = stored, defaults
+  for part in key.split("."):
+    if not isinstance(node, dict) or not isinstance(default, dict) or part not in default:
+      return False
+    if part not in node:
+      return True
+    node, default = node[part], default[part]
+  return False
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+  """Keys in which a workdir's stored config and the current one differ, sorted; keys added to
+  the code's base config since the stored run started, at their default, do not count."""
+  defaults = config_json(config_lib.base_config())
+  return sorted(key for key in diff_keys(stored, current)
+                if not (_added_at_default(stored, key, defaults)
+                        and _get(current, key) == _get(defaults, key)))
+
+
+def _get(tree: dict, key: str) -> Any:
+  for part in key.split("."):
+    tree = tree.get(part, _ABSENT) if isinstance(tree, dict) else _ABSENT
+  return tree
+
+
 def read_stored_config(workdir: str) -> dict | None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -50,9 +82,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: 
   """Creates the workdir, or checks it holds this same config (resume) unless `overwrite`."""
   config_lib.check_workdir_parent(workdir)
   previous, current = read_stored_config(workdir), config_json(config)
-  if previous is not None and previous != current and not overwrite:
-    changed = sorted(diff_keys(previous, current))
-    raise FileExistsError(
+  changed = config_differences(previous, current) if previous is not None else []
+  if changed and not overwrite:
+    raise WorkdirError(
         f"{workdir!r} holds a run with a different config (keys that differ: "
         f"{', '.join(changed)}). Use another --workdir, or pass --overwrite to delete that "
         "run's checkpoints and results and start again.")
@@ -74,7 +106,7 @@ def read_results(workdir: str) -> dict:
   """results.json of a finished run; FileNotFoundError saying so when the run has not finished."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} is not a finished run: it has no results.json "
+    raise MissingPathError(f"{workdir!r} is not a finished run: it has no results.json "
                             "(train it to the end first)")
   with open(path) as f:
     return json.load(f)
@@ -87,13 +119,29 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | 
   """
   if not os.path.exists(os.path.join(workdir, "results.json")):
     return None
-  stored, current = read_stored_config(workdir), config_json(config)
-  if stored != current:
-    changed = sorted(diff_keys(stored, current))
-    raise FileExistsError(
+  changed = config_differences(read_stored_config(workdir), config_json(config))
+  if changed:
+    raise WorkdirError(
         f"{workdir!r} holds a finished run of another config (keys that differ: "
         f"{', '.join(changed)}). Move it away, use another workdir, or pass --overwrite.")
   return read_results(workdir)
+
+
+@contextlib.contextmanager
+def run_log(workdir: str) -> Iterator[None]:
+  """Everything logged while a run is in progress also goes to WORKDIR/log.txt (appended)."""
+  if not parallel.is_main_process():
+    yield
+    return
+  handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+  handler.setFormatter(logging.Formatter(LOG_FORMAT))
+  root = logging.getLogger()
+  root.addHandler(handler)
+  try:
+    yield
+  finally:
+    root.removeHandler(handler)
+    handler.close()
 
 
 def write_json_atomically(path: str, value: Any) -> None:

@@ -120,6 +120,39 @@ def test_launch_trains_a_unet_through_overrides(tmp_path, data_dir):
   assert results["model"] == {"name": "unet", "params": 1_962_625}
   assert results["loss"] == "jaccard"
   assert "config.model.alpha=0.35 is ignored" in result.stderr
+  # The resolved config is in the run's log, not on the console; the end says where things are.
+  assert "Resolved config" not in result.stderr + result.stdout
+  assert "Resolved config" in (tmp_path / "unet" / "log.txt").read_text()
+  last = result.stdout.strip().splitlines()
+  assert f"Finished: {tmp_path / 'unet'}" in last
+  assert any(line.startswith("| synthetic_lesions/dermoscopic | ") for line in last)
+  assert f"Results: {tmp_path / 'unet' / 'results.md'}" in result.stdout
+  assert "Figures: " in result.stdout and "threshold_curve.png" in result.stdout
+
+
+def test_only_our_own_errors_print_without_a_traceback(monkeypatch, capsys):
+  import launch
+  from lesion_jax import errors, experiment
+  launch.FLAGS(["launch.py", "--config", os.path.join(REPO, "configs", "quickstart.py")])
+
+  def fail(error):
+    def run(*args, **kwargs):
+      raise error
+    monkeypatch.setattr(experiment, "run", run)
+
+  fail(errors.ConfigError("config.loss: no such loss"))
+  with pytest.raises(SystemExit) as exit_info:
+    launch.main(["launch.py"])
+  assert exit_info.value.code == errors.EXIT_BAD_INPUT
+  assert capsys.readouterr().err == "error: config.loss: no such loss\n"
+  fail(errors.TrainingDiverged("training diverged at step 3"))
+  with pytest.raises(SystemExit) as exit_info:
+    launch.main(["launch.py"])
+  assert exit_info.value.code == errors.EXIT_DIVERGED
+  # A ValueError from inside a library is a bug, not bad input: its traceback is kept.
+  fail(ValueError("a bug"))
+  with pytest.raises(ValueError, match="a bug"):
+    launch.main(["launch.py"])
 
 
 def test_launch_prints_bad_input_without_a_traceback(tmp_path):
@@ -127,6 +160,8 @@ def test_launch_prints_bad_input_without_a_traceback(tmp_path):
       [sys.executable, "launch.py", "--config", "configs/quickstart.py",
        "--workdir", str(tmp_path / "missing_parent" / "run")],
       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
-  assert "error: --workdir" in result.stderr and "missing_parent" in result.stderr
-  assert "Traceback" not in result.stderr
+  assert result.returncode == 2  # lesion_jax.errors.EXIT_BAD_INPUT
+  # The error comes first and alone: no config dump, no traceback, no progress lines.
+  assert result.stderr.strip().splitlines() == [
+      line for line in result.stderr.strip().splitlines() if line.startswith("error: --workdir")]
+  assert "missing_parent" in result.stderr

@@ -161,7 +161,18 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
-  assert "ISIC_0000001_segmentation.png has no prediction" in result.stderr
+  # The empty folder is the cause; its consequence (every truth unpaired) is not listed.
+  assert f"prediction folder {pred} holds no .png masks" in result.stderr
+  assert "has no prediction" not in result.stderr
+
+
+def test_a_missing_truth_folder_is_the_single_cause(tmp_path, capsys):
+  pred = tmp_path / "pred"
+  pred.mkdir()
+  for i in range(12):
+    _save(pred / f"ISIC_{i:07d}.png", np.zeros((H, W)))
+  err = _error_of(tmp_path / "no_truth", pred, capsys)
+  assert err.strip().count("\n") == 0 and f"truth folder {tmp_path / 'no_truth'} does not exist" in err
 
 
 def test_image_id_accepts_the_isic_namings():

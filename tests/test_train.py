@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from lesion_jax import errors
 from lesion_jax import evaluation as evaluation_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import train
@@ -92,6 +93,30 @@ def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(data_dir, tmp_path, 
   assert not os.listdir(tmp_path / "nan" / "checkpoints" / "latest")
 
 
+def test_an_exploding_loss_is_a_divergence_error_not_a_result(data_dir, tmp_path):
+  config = tiny_config(data_dir, loss="ce", **{"optimizer.learning_rate": 1e6})
+  with pytest.raises(errors.TrainingDiverged,
+                     match=r"training diverged at step \d+: the loss (reached|became) .*"
+                           r"No checkpoint had been saved yet"):
+    train.train_and_evaluate(config, str(tmp_path / "diverged"))
+  assert not os.path.exists(tmp_path / "diverged" / "results.json")
+
+
+def test_a_model_collapsed_to_a_constant_mask_is_flagged(data_dir, tmp_path, caplog):
+  # The soft Dice loss is bounded, so a huge learning rate gives no exploding loss: the model
+  # ends up calling every pixel lesion, which still has a JA (the lesion's share of the image).
+  config = tiny_config(data_dir, **{"optimizer.learning_rate": 1e6})
+  with caplog.at_level("WARNING"):
+    results = train.train_and_evaluate(config, str(tmp_path / "collapsed"))
+  (warning,) = results["warnings"]
+  assert "constant mask" in warning and "lesion at every pixel" in warning
+  assert warning in caplog.text
+  assert warning in (tmp_path / "collapsed" / "results.md").read_text()
+  from lesion_jax import report
+  assert f"WARNING: {warning}" in report.tables.run_end_summary(results,
+                                                                str(tmp_path / "collapsed"))
+
+
 def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
   """Validation JA 0.5, 0.6, 0.55, 0.58, ... with patience 2 stops at the 4th evaluation."""
   sequence = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
@@ -143,3 +168,6 @@ def test_resume_after_kill_matches_an_uninterrupted_run(finished_run, data_dir, 
       tiny_config(data_dir, **{"checkpoint.every_steps": 1}), str(workdir))
   assert resumed["test"] == uninterrupted["test"]
   assert resumed["threshold"] == uninterrupted["threshold"]
+  # The steps logged after the last checkpoint were replayed, and appear once.
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert len({(r["kind"], r["step"]) for r in rows}) == len(rows)

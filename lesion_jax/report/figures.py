@@ -151,6 +151,39 @@ def overlay_picks(ja: np.ndarray, count: int) -> list[tuple[str, int, int]]:
   return picks
 
 
+FIG1_LEGEND = (("tp", "true positive"), ("fp", "false positive"), ("fn", "false negative"),
+               ("tn", "true negative"))
+
+
+def colour_legend(ax) -> None:
+  """The Fig. 1 colour key as a legend on `ax`."""
+  from matplotlib.patches import Patch
+  handles = [Patch(facecolor=np.array(FIG1_COLOURS[key]) / 255, edgecolor="grey", label=label)
+             for key, label in FIG1_LEGEND]
+  ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+            frameon=False)
+
+
+def plot_overlay(path: str, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
+                 title: str, threshold: float) -> None:
+  """Image | truth | prediction against truth in the Fig. 1 colours, titled, with the key."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.2), dpi=100)
+  panels = [(image, "image"), (np.repeat(truth[..., None].astype(np.uint8) * 255, 3, -1),
+                               "truth (expert mask)"),
+            (comparison_image(truth, prediction), f"prediction at T = {threshold:.2f}")]
+  for ax, (panel, label) in zip(axes, panels):
+    ax.imshow(panel, interpolation="nearest")
+    ax.set_title(label, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  colour_legend(axes[-1])
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def write_overlays(workdir: str, dataset: str, picks: Sequence[tuple[str, int, int]],
                    examples: Sequence[Mapping[str, Any]], probs: np.ndarray, ja: np.ndarray,
                    image_size: int, threshold: float) -> list[str]:
@@ -167,11 +200,11 @@ def write_overlays(workdir: str, dataset: str, picks: Sequence[tuple[str, int, i
   for (kind, rank, position), example, prob in zip(picks, examples, probs):
     image, truth = pipeline.resize_pair(np.asarray(example["image"]),
                                         np.asarray(example["mask"]), image_size)
-    panel = np.concatenate([image, np.repeat((truth > 0)[..., None] * 255, 3, -1).astype(
-        np.uint8), comparison_image(truth > 0, prob >= threshold)], axis=1)
     image_id = _text(example.get("image_id", b""))
     path = os.path.join(folder, f"{kind}{rank + 1}_{image_id}_ja{ja[position]:.3f}.png")
-    Image.fromarray(panel).save(path)
+    title = (f"{dataset}: {kind} {rank + 1} of the test images by JA, {image_id} "
+             f"(JA {100 * ja[position]:.1f}%)")
+    plot_overlay(path, image, truth > 0, prob >= threshold, title, threshold)
     written.append(path)
   return written
 
@@ -244,8 +277,8 @@ def plot_fig1_grid(path: str, images: Sequence[np.ndarray], truths: Sequence[np.
       if r == 0:
         ax.set_title((["image", "truth (GT)"] + list(run_labels))[c], fontsize=9)
     axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
-  fig.suptitle((title + "\n" if title else "") + "yellow TP, red FP, green FN, black TN",
-               fontsize=9)
+  fig.suptitle(title, fontsize=9)
+  colour_legend(axes[0, -1])
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

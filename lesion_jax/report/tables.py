@@ -123,6 +123,24 @@ def run_summary(results: Mapping[str, Any], name: str | None = None) -> str:
   return f"{name}: {line}" if name else line
 
 
+def run_end_summary(results: Mapping[str, Any], workdir: str) -> str:
+  """The last lines of a run on the console: where it is, its test table, where to look."""
+  rows = ["| Test subset | T | TJA | JA | DI | images |", "|---|---|---|---|---|---|"]
+  for name, metrics in results["test"].items():
+    rows.append(f"| {name} | {results['threshold']:.2f} | {_percent(metrics['tja'])} | "
+                f"{_percent(metrics['ja'])} | {_percent(metrics['di'])} | "
+                f"{metrics['n_images']} |")
+  if not results["test"]:
+    rows.append("| (no test split) | | | | | |")
+  figures_found = [name for name in ("threshold_curve.png", "training_curves.png", "overlays")
+                   if os.path.exists(os.path.join(workdir, name))]
+  lines = ["", f"Finished: {workdir}", run_summary(results), "", *rows, "",
+           f"Results: {os.path.join(workdir, 'results.md')} (and results.json, per_image.csv)",
+           "Figures: " + (", ".join(os.path.join(workdir, f) for f in figures_found) or "none")]
+  lines += [f"WARNING: {warning}" for warning in results.get("warnings", [])]
+  return "\n".join(lines)
+
+
 def _validation_line(results: Mapping[str, Any]) -> list[str]:
   """The validation metrics at T (the subset the paper's Table 2 reports), when recorded."""
   validation = results.get("validation", {})
@@ -154,6 +172,7 @@ def write_run_report(workdir: str, results: Mapping[str, Any], ja_curve: np.ndar
       results_table(table_rows(results, experiment)),
       "",
       *_validation_line(results),
+      *[f"**Warning:** {warning}\n" for warning in results.get("warnings", [])],
       f"Training: {training.get('steps', 0)} steps, {training.get('seconds', 0):.0f} s, "
       f"{training.get('images_per_second', 0):.1f} images/s (compilation excluded); "
       f"best checkpoint at step {results.get('best_step')}.",

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageFile
 
+from lesion_jax import errors
 from lesion_jax.data import splits as splits_lib
 from lesion_jax.data.features import encode_png, lesion_features
 
@@ -40,11 +41,11 @@ _JUNK_NAMES = (".DS_Store", "Thumbs.db", "desktop.ini")
 _JUNK_FOLDERS = ("__MACOSX",)
 
 
-class MissingArchiveError(FileNotFoundError):
+class MissingArchiveError(errors.MissingPathError):
   """An official archive (or extracted folder) of a database is not in the manual directory."""
 
 
-class SourceFileError(ValueError):
+class SourceFileError(errors.DataError):
   """Problems in the source files of a database (unpaired, unreadable, mismatched), all listed."""
 
 
@@ -367,7 +368,7 @@ def config_for_size(image_size: int | None) -> LesionConfig:
   if image_size is None:
     return NATIVE
   if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-    raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    raise errors.ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
   return LesionConfig(
       name=f"resized_{image_size}", image_size=image_size,
       description=f"Images (bilinear) and masks (nearest) resized to {image_size}x{image_size}.")
@@ -402,7 +403,7 @@ class LesionBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
       sized = config_for_size(image_size)
       requested = getattr(config, "name", config)
       if requested is not None and requested != sized.name:
-        raise ValueError(f"image_size={image_size} contradicts config={requested!r}")
+        raise errors.ConfigError(f"image_size={image_size} contradicts config={requested!r}")
       config = next((c for c in self.BUILDER_CONFIGS if c.name == sized.name), sized)
     super().__init__(config=config, **kwargs)
 

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
+from lesion_jax import errors
 from lesion_jax.data import synthesis
 from lesion_jax.data.features import encode_png, lesion_features
 from lesion_jax.data.splits import train_validation_test
@@ -43,16 +44,16 @@ def check_settings(domain: str, num_images: int, image_size: int, seed: int) -> 
 
   where = f"{NAME} builder"
   if domain not in synthesis.DOMAINS:
-    raise ValueError(f"{where}: unknown domain {domain!r}; valid domains: "
+    raise errors.ConfigError(f"{where}: unknown domain {domain!r}; valid domains: "
                      f"{', '.join(synthesis.DOMAINS)}")
   if not is_int(num_images) or num_images < MIN_IMAGES:
-    raise ValueError(f"{where}: num_images must be an int >= {MIN_IMAGES} (train, validation "
+    raise errors.ConfigError(f"{where}: num_images must be an int >= {MIN_IMAGES} (train, validation "
                      f"and test must all be non-empty), got {num_images!r}")
   if not is_int(image_size) or image_size < MIN_IMAGE_SIZE:
-    raise ValueError(f"{where}: image_size must be an int >= {MIN_IMAGE_SIZE} pixels, got "
+    raise errors.ConfigError(f"{where}: image_size must be an int >= {MIN_IMAGE_SIZE} pixels, got "
                      f"{image_size!r}")
   if not is_int(seed) or seed < 0:
-    raise ValueError(f"{where}: seed must be a non-negative int, got {seed!r}")
+    raise errors.ConfigError(f"{where}: seed must be a non-negative int, got {seed!r}")
 
 
 def config_name(domain: str, num_images: int, image_size: int, seed: int) -> str:

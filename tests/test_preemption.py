@@ -1,0 +1,129 @@
+"""A run stopped by SIGTERM or SIGINT saves the step it reached and resumes to the same results.
+
+Each test starts `launch.py` as a scheduler would, waits until it trains, sends the signal, and
+checks the exit code (75), the checkpoint of the step it stopped on, and that the rerun ends
+with the results of a run that was never interrupted (slow: real training processes).
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lesion_jax import errors, train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 4  # 28 steps: long enough to be signalled while training
+pytestmark = pytest.mark.slow
+
+
+def _config_file(tmp_path, data_dir) -> str:
+  path = tmp_path / "tiny.py"
+  path.write_text(
+      f"import sys\nsys.path.insert(0, {REPO!r})\nfrom tests.conftest import tiny_config\n\n\n"
+      "def get_config(arg=None):\n"
+      f"  return tiny_config({data_dir!r}, **{{'training.num_epochs': {EPOCHS}}})\n")
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+  return train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": EPOCHS}),
+                                  workdir)
+
+
+def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "launch.py", *command], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until_training(process: subprocess.Popen, workdir: str) -> None:
+  """Returns once the run has logged a training step (it is in the loop, signals handled)."""
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    assert process.poll() is None, "the run ended before it could be signalled"
+    if os.path.exists(metrics) and '"train"' in open(metrics).read():
+      return
+    time.sleep(0.02)
+  raise AssertionError("the run never started training")
+
+
+def _stopped_step(stderr: str) -> tuple[int, int]:
+  match = re.search(r"training stopped after step (\d+) of (\d+)", stderr)
+  assert match, stderr[-3000:]
+  return int(match.group(1)), int(match.group(2))
+
+
+def _latest_steps(workdir: str) -> list[int]:
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  return sorted(int(name) for name in os.listdir(latest) if name.isdigit())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_step_reached_and_the_rerun_matches(signum, uninterrupted, data_dir,
+                                                                tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _start(["--config", _config_file(tmp_path, data_dir), "--workdir", workdir])
+  _wait_until_training(process, workdir)
+  process.send_signal(signum)
+  sent = time.time()
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == errors.EXIT_STOPPED, stderr[-3000:]
+  assert time.time() - sent < 20  # the step in flight, one save, the interpreter's exit
+  assert f"{signal.Signals(signum).name} received" in stderr
+  assert "resume with:" in stderr and "Traceback" not in stderr
+  step, total = _stopped_step(stderr)
+  assert 0 < step < total
+  assert _latest_steps(workdir)[-1] == step
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  resumed = train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": EPOCHS}),
+                                     workdir)
+  for key in ("test", "validation", "threshold", "best_step"):
+    assert resumed[key] == uninterrupted[key], key
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(row["kind"], row["step"]) for row in rows]
+  assert len(keys) == len(set(keys)), "a step logged twice after the resume"
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_on_the_step_to_stop_at(data_dir, tmp_path):
+  """SIGTERM reaches one process only: both stop at the same step and save it together."""
+  config, workdir, port = _config_file(tmp_path, data_dir), str(tmp_path / "run"), _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  processes = [_start(["--config", config, "--workdir", workdir,
+                       f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                       f"--process_id={i}"], env) for i in range(2)]
+  try:
+    _wait_until_training(processes[0], workdir)
+    processes[0].send_signal(signal.SIGTERM)
+    logs = [process.communicate(timeout=180)[1] for process in processes]
+  except subprocess.TimeoutExpired:
+    for process in processes:
+      process.kill()
+    logs = [process.communicate()[1] for process in processes]
+    raise AssertionError("the processes did not stop:\n" + "\n----\n".join(
+        log[-3000:] for log in logs))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for process, log in zip(processes, logs):
+    assert process.returncode == errors.EXIT_STOPPED, log[-3000:]
+  steps = [_stopped_step(log) for log in logs]
+  assert steps[0] == steps[1] and 0 < steps[0][0] < steps[0][1]
+  assert _latest_steps(workdir)[-1] == steps[0][0]
