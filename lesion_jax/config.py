@@ -54,8 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Datasets whose `test` split is reported, each separately (Table 3). Empty: the train datasets.
   config.data.test = ()
   config.data.image_size = 512  # the paper resizes to 512x512
-  config.data.flip = True
-  config.data.rotate = True
+  # Augmentation (paper 2.2), drawn per example on the device (lesion_jax/augment.py).
+  config.data.flip = True  # horizontal and vertical flips
+  config.data.rotate = True  # quarter turns (half turns for images that are not square)
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
   config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
   # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
@@ -69,11 +70,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.synthetic = ml_collections.ConfigDict(
       dict(num_images=300, image_size=256, seed=0))
   config.data.num_threads = 2  # host threads decoding and resizing examples
+  # Decode and resize every training and validation image once, into memory, when they fit in
+  # this many GB (2000 images at 256x256 take 0.5 GB); beyond it, or at 0, each read decodes.
+  config.data.cache_gb = 8.0
 
   config.batch_size_per_device = 4  # the paper's batch size
   # CPU only: let XLA hand convolutions to YNNPACK ('on'), run its own kernels ('off'), or use
   # the model's measured preference ('auto': off for the U-Nets, on for DeepLab).
   config.cpu_ynnpack = "auto"
+  # GPU only: XLA command buffers (CUDA graphs) for the compiled steps, e.g.
+  # "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" (any graph size); "" turns them
+  # off; None keeps XLA's default. A launch-bound step (small model, batch 4) gains from them.
+  config.xla_gpu_command_buffer = config_dict.placeholder(str)
 
   config.training = ml_collections.ConfigDict()
   config.training.num_epochs = 100
@@ -81,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.training.patience = 10  # early stopping: evaluations without a better validation JA
   config.training.log_every_steps = 20
   config.training.eval_every_epochs = 1
+  # Train steps per pmapped call (lax.scan), to cut launch overhead where a step is short (GPU).
+  # None: the backend's measured default (train.DEFAULT_STEPS_PER_DISPATCH). Logging, evaluation
+  # and saving still happen at the same steps; a signal stops after the call in flight.
+  config.training.steps_per_dispatch = config_dict.placeholder(int)
   config.training.tensorboard_images = 4  # predictions shown in TensorBoard at each evaluation
   # Divergence: training stops with an error (exit code 3) when a step's loss is NaN or
   # infinite, or exceeds this many times the mean loss of the run's first
@@ -125,6 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.benchmark.steps = 10  # timed train steps, and as many eval steps
   config.benchmark.pipeline_batches = 20  # batches timed through the input pipeline alone; 0: skip
   config.benchmark.pipeline_images = 64  # synthetic images it reads, stored at data.image_size
+  # Also time the real training loop (input pipeline, augmentation, step, logging) per model.
+  config.benchmark.loop = True
   config.benchmark.batch_sweep = False  # also double the per-device batch from 1 until it won't fit
   config.benchmark.max_batch_per_device = 256  # the batch sweep stops here at the latest
   config.benchmark.cpu_max_batch_per_device = 16  # ... and here on CPU (slow steps, shared RAM)
@@ -200,6 +214,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       value = value[part]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+  if config.training.steps_per_dispatch is not None and config.training.steps_per_dispatch < 1:
+    raise ConfigError("config.training.steps_per_dispatch must be >= 1 (or None for the "
+                      f"backend's default), got {config.training.steps_per_dispatch}")
+  if config.data.cache_gb < 0:
+    raise ConfigError(f"config.data.cache_gb must be >= 0, got {config.data.cache_gb}")
   if config.training.divergence_factor < 0 or config.training.divergence_reference_steps < 1:
     raise ConfigError("config.training.divergence_factor must be >= 0 (0: off) and "
                       "divergence_reference_steps >= 1, got "
@@ -216,6 +235,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.cpu_ynnpack not in models.CPU_YNNPACK_CHOICES:
     raise ConfigError(f"config.cpu_ynnpack must be one of {models.CPU_YNNPACK_CHOICES}, "
                      f"got {config.cpu_ynnpack!r}")
+  if config.xla_gpu_command_buffer is not None:
+    _check_xla_option("xla_gpu_enable_command_buffer", config.xla_gpu_command_buffer,
+                      "config.xla_gpu_command_buffer")
   if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
     raise ConfigError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
@@ -232,6 +254,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if isinstance(error, ConfigError):
       raise
     raise ConfigError(f"config.model ({config.model.name}): {error}") from None
+
+
+def _check_xla_option(name: str, value, key: str) -> None:
+  """XLA parses its options when a program compiles: compile a tiny one to check `value`."""
+  import jax
+  import jax.numpy as jnp
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(compiler_options={name: value})
+  except Exception as error:  # XLA reports a bad value as a plain runtime error
+    raise ConfigError(f"{key}={value!r} is not accepted by XLA: {error}") from None
 
 
 def _accepted_parameters(name: str):

@@ -31,12 +31,12 @@ class Evaluation:
     return metrics_lib.macro_average(self.counts[:, threshold_index])["ja"]
 
 
-def evaluate(p_eval_step: Callable, replicated_state, source, preprocess, *,
+def evaluate(p_eval_step: Callable, replicated_state, source, size, *,
              batch_size_per_device: int, num_devices: int, num_threads: int) -> Evaluation:
   """Every image of `source` through the eval step once; padding dropped after the gather."""
   counts, losses, indices, valid = [], [], [], []
   for batch in pipeline.evaluation_batches(
-      source, preprocess, batch_size_per_device=batch_size_per_device, num_devices=num_devices,
+      source, size, batch_size_per_device=batch_size_per_device, num_devices=num_devices,
       num_threads=num_threads, process_index=parallel.process_index(),
       process_count=parallel.process_count()):
     out = parallel.to_host(p_eval_step(replicated_state,
@@ -57,7 +57,7 @@ def evaluate(p_eval_step: Callable, replicated_state, source, preprocess, *,
 # ----------------------------------------------------------------------------------------------
 # The end of a run.
 
-def test_metrics(p_eval, replicated, test_sources: dict, preprocess, t_index: int,
+def test_metrics(p_eval, replicated, test_sources: dict, size, t_index: int,
                  eval_kwargs: dict) -> tuple[dict, dict]:
   """Per test database: the macro-averaged metrics at threshold index `t_index`, and the
   per-image (Evaluation, metrics) pairs the reports need."""
@@ -66,7 +66,7 @@ def test_metrics(p_eval, replicated, test_sources: dict, preprocess, t_index: in
     if len(source) == 0:
       logging.warning("%s has an empty test split; it is not reported", name)
       continue
-    evaluation = evaluate(p_eval, replicated, source, preprocess, **eval_kwargs)
+    evaluation = evaluate(p_eval, replicated, source, size, **eval_kwargs)
     counts = evaluation.counts[:, t_index]
     results[name] = {**metrics_lib.macro_average(counts), "n_images": int(len(counts))}
     per_image[name] = (evaluation, metrics_lib.isic_metrics(counts))
@@ -117,7 +117,7 @@ def image_ids(source, indices: np.ndarray) -> list[str]:
 
 
 def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: dict,
-                  test_sources: dict, model, variables, preprocess, num_overlays: int) -> None:
+                  test_sources: dict, model, variables, size, num_overlays: int) -> None:
   """results.md, the curves, per_image.csv and the overlays of the best and worst test images."""
   report.write_run_report(workdir, results, ja_curve=ja_curve,
                           thresholds=metrics_lib.THRESHOLDS)
@@ -127,9 +127,9 @@ def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: 
   for name, (evaluation, image_metrics) in per_image.items():
     picks = report.overlay_picks(image_metrics["ja"], num_overlays)
     examples = [test_sources[name][int(evaluation.index[p])] for _, _, p in picks]
-    probs = inference.predict_examples(model, variables, examples, preprocess)
+    probs = inference.predict_examples(model, variables, examples, size)
     report.write_overlays(workdir, name, picks, examples, probs, image_metrics["ja"],
-                          preprocess.image_size, results["threshold"])
+                          size, results["threshold"])
 
 
 def write_results(workdir: str, results: dict) -> None:

@@ -1,17 +1,34 @@
 """Images to lesion probabilities: the one path every prediction takes.
 
-Evaluation (inside the pmapped eval step), the reports' overlays and Fig. 1 grids, TensorBoard
-images, `python -m lesion_jax.predict` and the export's parity check all call `probabilities`,
-so a model is judged, drawn, used and exported through the same computation.
+Training and evaluation (inside the pmapped steps), the reports' overlays and Fig. 1 grids,
+TensorBoard images, `python -m lesion_jax.predict` and the exported TFLite model all start from
+RGB pixels at the training size and `standardize` them here, so a model is trained, judged,
+drawn, used and exported through the same computation.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def standardize(images: jax.Array) -> jax.Array:
+  """Per-image standardisation of (B, H, W, C) pixels: zero mean, unit variance over all pixels
+  and channels of each image, in float32 (the paper's preprocessing).
+
+  The standard deviation is floored at 1/sqrt(N), as tf.image.per_image_standardization does,
+  so a flat image does not divide by zero.
+  """
+  images = images.astype(jnp.float32)
+  count = math.prod(images.shape[1:])
+  axes = tuple(range(1, images.ndim))
+  mean = jnp.mean(images, axis=axes, keepdims=True)
+  std = jnp.maximum(jnp.std(images, axis=axes, keepdims=True), 1.0 / math.sqrt(count))
+  return (images - mean) / std
 
 
 def model_variables(variables: Mapping[str, Any]) -> dict:
@@ -24,19 +41,19 @@ def model_variables(variables: Mapping[str, Any]) -> dict:
 
 def forward(apply_fn: Callable, variables: Mapping[str, Any],
             images: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(B, H, W, 3) standardised images -> (logits, float32 sigmoid probabilities), each
+  """(B, H, W, 3) RGB pixels (uint8, 0-255) -> (logits, float32 sigmoid probabilities), each
   (B, H, W, 1); evaluation needs both (its loss takes the logits).
 
   Pure and jittable. The sigmoid is taken in float32: bfloat16 steps by 0.004 in [0.5, 1),
   which would blur the 0.01 grid of the threshold search.
   """
-  logits = apply_fn(model_variables(variables), images, train=False)
+  logits = apply_fn(model_variables(variables), standardize(images), train=False)
   return logits, jax.nn.sigmoid(logits.astype(jnp.float32))
 
 
 def probabilities(apply_fn: Callable, variables: Mapping[str, Any],
                   images: jax.Array) -> jax.Array:
-  """(B, H, W, 3) standardised images -> (B, H, W, 1) float32 lesion probabilities."""
+  """(B, H, W, 3) RGB pixels -> (B, H, W, 1) float32 lesion probabilities."""
   return forward(apply_fn, variables, images)[1]
 
 
@@ -54,13 +71,13 @@ def jitted_probabilities(model) -> Callable:
 def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarray,
                           batch_size: int | None = None,
                           compiled: Callable | None = None) -> np.ndarray:
-  """(N, H, W, 3) standardised images -> (N, H, W) float32 probabilities, on the host.
+  """(N, H, W, 3) uint8 RGB images at the model's size -> (N, H, W) float32 probabilities.
 
   With `batch_size`, images go through in batches of exactly that size, the last one padded
   with zero images (as evaluation pads), so any number of images costs one compilation.
   `compiled` is a `jitted_probabilities` of the caller's own, to count its compilations.
   """
-  images = np.asarray(images, np.float32)
+  images = np.asarray(images)
   if batch_size is None or len(images) == 0:
     batch_size = max(1, len(images))
   apply = compiled or jitted_probabilities(model)
@@ -68,21 +85,22 @@ def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarra
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
     padded = np.concatenate(
-        [chunk, np.zeros((batch_size - len(chunk),) + images.shape[1:], np.float32)])
+        [chunk, np.zeros((batch_size - len(chunk),) + images.shape[1:], images.dtype)])
     out.append(np.asarray(apply(variables, padded))[:len(chunk), ..., 0])
   return np.concatenate(out) if out else np.zeros(images.shape[:3], np.float32)
 
 
 def predict_examples(model, variables: Mapping[str, Any], examples: Sequence[Mapping[str, Any]],
-                     preprocess) -> np.ndarray:
-  """(N, S, S) probabilities of raw dataset examples, resized and standardised as evaluation
-  does (`pipeline.prepare_example` with the `preprocess` of evaluation)."""
+                     size) -> np.ndarray:
+  """(N, H, W) probabilities of raw dataset examples, resized as evaluation resizes them."""
   from lesion_jax.data import pipeline
 
+  height, width = pipeline.image_shape(size)
   if not examples:
-    return np.zeros((0, preprocess.image_size, preprocess.image_size), np.float32)
-  images = np.stack([pipeline.prepare_example(e, preprocess)["image"] for e in examples])
+    return np.zeros((0, height, width), np.float32)
+  images = np.stack([pipeline.prepare_example(e, size)["image"] for e in examples])
   return predict_probabilities(model, variables, images)
 
 
-__all__ = ["forward", "jitted_probabilities", "predict_examples", "model_variables", "predict_probabilities", "probabilities"]
+__all__ = ["forward", "jitted_probabilities", "model_variables", "predict_examples",
+           "predict_probabilities", "probabilities", "standardize"]

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -89,13 +89,13 @@ class Clock:
     self.images = 0
     self.paused_seconds = 0.0
 
-  def step_done(self, step_metrics: Any) -> None:
+  def steps_done(self, step_metrics: Any, num_steps: int = 1) -> None:
     if self.start is None:
-      # The clock starts once the first step (and its compilation) is done.
+      # The clock starts once the first call (and its compilation) is done.
       jax.block_until_ready(step_metrics)
       self.start = time.perf_counter()
     else:
-      self.images += self.global_batch
+      self.images += self.global_batch * num_steps
 
   @contextlib.contextmanager
   def paused(self) -> Iterator[None]:
@@ -188,15 +188,19 @@ class LossMonitor:
     self.run, self.writer, self.clock, self.loop = run, writer, clock, loop
     self.pending: list[tuple[int, dict]] = []
 
-  def add(self, step: int, step_metrics: dict) -> None:
-    self.pending.append((step, step_metrics))
+  def add(self, last_step: int, step_metrics: dict) -> None:
+    """The metrics of one call: its losses are (devices,) or (devices, steps in the call)."""
+    self.pending.append((last_step, step_metrics))
 
   def flush(self) -> None:
     if not self.pending:
       return
     fetched = jax.device_get([m for _, m in self.pending])
-    losses = np.array([np.asarray(m["loss"])[0] for m in fetched], np.float64)
-    for (step, _), loss in zip(self.pending, losses):
+    per_call = [np.atleast_1d(np.asarray(m["loss"])[0]) for m in fetched]
+    steps = [last - len(call) + 1 + i for (last, _), call in zip(self.pending, per_call)
+             for i in range(len(call))]
+    losses = np.concatenate(per_call).astype(np.float64)
+    for step, loss in zip(steps, losses):
       self._check(step, loss)
     last_step = self.pending[-1][0]
     values = {"loss": float(losses.mean()),
@@ -274,8 +278,8 @@ def first_replica(replicated: Any) -> Any:
 def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: MetricWriter,
              progress) -> None:
   """Validation JA at threshold 0.5 (the search comes after training); keeps the best."""
-  evaluation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation,
-                                       run.preprocess_eval, **run.eval_kwargs)
+  evaluation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation, run.image_size,
+                                       **run.eval_kwargs)
   val_ja = evaluation.ja_at(0)
   improved = loop.record_validation(val_ja, step, run.config.training.patience)
   writer.write("validation", step, {"ja": val_ja, "loss": float(evaluation.loss.mean()),
@@ -286,6 +290,39 @@ def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: Me
     state = parallel.unreplicate(replicated)
     run.checkpoints.save_best(step, {"params": state.params, "batch_stats": state.batch_stats},
                               {"step": step, "val_ja": val_ja})
+
+
+def dispatch_plan(start: int, total: int, steps_per_dispatch: int,
+                  every: Sequence[int | None]) -> list[tuple[int, int]]:
+  """(last step, steps) of each call from step `start` to `total`.
+
+  A call runs at most `steps_per_dispatch` steps and never crosses a multiple of a count in
+  `every` (logging, evaluation, saving), so those happen at the same steps whatever the number
+  of steps per call.
+  """
+  plan, step = [], start
+  while step < total:
+    count = min([steps_per_dispatch, total - step] + [e - step % e for e in every if e])
+    step += count
+    plan.append((step, count))
+  return plan
+
+
+def _calls(run: "RunSetup", plan: list[tuple[int, int]]) -> Iterator[dict]:
+  """The batches of each call of `plan`, on the devices: one batch, or k stacked (axis 1)."""
+  config = run.config
+  batches = pipeline.iterate_from(run.train_batches, run.start_step,
+                                  num_threads=config.data.num_threads)
+
+  def host_calls():
+    for _, count in plan:
+      group = [next(batches) for _ in range(count)]
+      if run.steps_per_dispatch == 1:
+        yield group[0]
+      else:
+        yield {k: np.stack([b[k] for b in group], axis=1) for k in group[0]}
+
+  return parallel.prefetch_to_devices(host_calls(), run.devices)
 
 
 def train_loop(run: "RunSetup", replicated, loop: LoopState,
@@ -304,26 +341,27 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState,
   losses = LossMonitor(run, writer, clock, loop)
   timer = SaveTimer(config.checkpoint.every_seconds, config.training.log_every_steps)
   progress = progress_bar(total=run.total_steps, initial=step, desc="train")
-  batches = parallel.prefetch_to_devices(
-      pipeline.iterate_from(run.train_batches, step, num_threads=config.data.num_threads),
-      run.devices)
+  plan = dispatch_plan(step, run.total_steps, run.steps_per_dispatch,
+                       (config.training.log_every_steps, run.eval_every,
+                        config.checkpoint.every_steps))
+  p_train = run.p_train if run.steps_per_dispatch == 1 else run.p_train_steps
   try:
-    for step in range(run.start_step + 1, run.total_steps + 1):
-      replicated, step_metrics = run.p_train(replicated, next(batches))
+    for call, ((step, count), batch) in enumerate(zip(plan, _calls(run, plan)), start=1):
+      replicated, step_metrics = p_train(replicated, batch)
       losses.add(step, step_metrics)
-      clock.step_done(step_metrics)
-      progress.update(1)
+      clock.steps_done(step_metrics, count)
+      progress.update(count)
       if step % config.training.log_every_steps == 0:
         losses.flush()
       at_eval = step % run.eval_every == 0 or step == run.total_steps
-      stopping = stop.reached(step)  # every process calls it at every step
+      stopping = stop.reached(call)  # every process calls it after every call
       every = config.checkpoint.every_steps
       if at_eval or stopping or (every and step % every == 0) or timer.due(step):
         losses.flush()  # a diverged loss is found before anything is saved
+        clock.record(loop)  # the training time up to here; evaluating and saving do not count
         with clock.paused():
           if at_eval:
             validate(run, replicated, loop, step, writer, progress)
-          clock.record(loop)
           run.checkpoints.save_latest(step, checkpoint_lib.state_to_dict(
               parallel.unreplicate(replicated)), loop.to_meta(), wait=stopping)
           timer.saved()
@@ -358,12 +396,12 @@ def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int
   state = first_replica(replicated)
   probs = inference.predict_examples(
       run.model, {"params": state.params, "batch_stats": state.batch_stats}, examples,
-      run.preprocess_eval)
-  masks = np.stack([pipeline.prepare_example(e, run.preprocess_eval)["mask"][..., 0]
-                    for e in examples])
+      run.image_size)
+  masks = np.stack([pipeline.prepare_example(e, run.image_size)["mask"][..., 0]
+                    for e in examples]).astype(np.float32)
   panels = np.concatenate([masks, probs], axis=2)[..., None].repeat(3, -1)
   writer.images("validation/truth_vs_probability", step, panels.astype(np.float32))
 
 
 __all__ = ["Clock", "LossMonitor", "LoopState", "MetricWriter", "NonFiniteLossError",
-           "SaveTimer", "progress_bar", "train_loop", "validate"]
+           "SaveTimer", "dispatch_plan", "progress_bar", "train_loop", "validate"]

@@ -166,8 +166,7 @@ class JaxSegmenter:
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     from lesion_jax import inference
 
-    standardized = np.stack([pipeline.standardize(image) for image in images])
-    return inference.predict_probabilities(self.model, self.variables, standardized,
+    return inference.predict_probabilities(self.model, self.variables, images,
                                            batch_size=self.batch_size, compiled=self.predict)
 
 

@@ -25,7 +25,7 @@ from flax.training import train_state
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import config as config_lib
 from lesion_jax import evaluation as evaluation_lib
-from lesion_jax import inference
+from lesion_jax import augment, inference
 from lesion_jax import losses as losses_lib
 from lesion_jax import loop as loop_lib
 from lesion_jax import metrics as metrics_lib
@@ -41,21 +41,27 @@ RUN_OUTPUTS = workdir_lib.RUN_OUTPUTS
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-  rng: jax.Array  # base key of the dropout draws; step and device are folded in
+  rng: jax.Array  # base key of the dropout and augmentation draws; step and device folded in
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array],
-               loss_fn: Callable) -> tuple[TrainState, dict]:
-  """One optimisation step on this device's share of the batch."""
-  # Dropout masks are a pure function of (seed, step, device); models/philox.py draws them.
-  dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                                   parallel.replica_index())
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], loss_fn: Callable,
+               augment_options: augment.AugmentOptions = augment.AugmentOptions()
+               ) -> tuple[TrainState, dict]:
+  """One optimisation step on this device's share of a batch of uint8 images and masks."""
+  # Dropout masks (models/philox.py) and augmentation draws are pure functions of (seed, step,
+  # device): a resumed run repeats them exactly.
+  step_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                parallel.replica_index())
+  dropout_rng, augment_rng = jax.random.split(step_key)
+  images, masks = augment.augment_batch(augment_rng, batch["image"], batch["mask"],
+                                        augment_options)
+  images = inference.standardize(images)
 
   def compute_loss(params):
     logits, updates = state.apply_fn(
         inference.model_variables({"params": params, "batch_stats": state.batch_stats}),
-        batch["image"], train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    return loss_fn(logits, batch["mask"]).mean(), updates
+        images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    return loss_fn(logits, masks).mean(), updates
 
   (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   # Data parallelism: every device applies the mean gradient of the global batch.
@@ -64,6 +70,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array],
   batch_stats = parallel.cross_replica_mean(updates.get("batch_stats", state.batch_stats))
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, {"loss": parallel.cross_replica_mean(loss)}
+
+
+def train_steps(state: TrainState, batches: Mapping[str, jax.Array], loss_fn: Callable,
+                augment_options: augment.AugmentOptions = augment.AugmentOptions()
+                ) -> tuple[TrainState, dict]:
+  """`train_step` over a stack of k batches ((k, batch, ...) leaves) in one call: k steps per
+  dispatch, for accelerators whose small steps are bound by launching them. Metrics are (k,)."""
+  return jax.lax.scan(
+      lambda carry, batch: train_step(carry, batch, loss_fn, augment_options), state, batches)
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], loss_fn: Callable,
@@ -110,10 +125,10 @@ def _jitted_init(model):
   return jax.jit(functools.partial(model.init, train=False))
 
 
-def create_train_state(model, tx, rng: jax.Array, image_size: int) -> TrainState:
+def create_train_state(model, tx, rng: jax.Array, image_size) -> TrainState:
   model = _canonical(model)
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  dummy = jnp.zeros((1, *pipeline.image_shape(image_size), 3), jnp.float32)
   variables = _jitted_init(model)({"params": init_rng, "dropout": dropout_rng}, dummy)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=state_rng)
@@ -121,22 +136,38 @@ def create_train_state(model, tx, rng: jax.Array, image_size: int) -> TrainState
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def compiler_options(config: ml_collections.ConfigDict, model, platform: str) -> dict:
+  """The XLA options the run's steps compile with on `platform` (empty: XLA's defaults)."""
+  options = models_lib.xla_compiler_options(model, config.cpu_ynnpack, platform)
+  if platform == "gpu" and config.xla_gpu_command_buffer is not None:
+    options["xla_gpu_enable_command_buffer"] = config.xla_gpu_command_buffer
+    if config.xla_gpu_command_buffer:
+      options["xla_gpu_graph_min_graph_size"] = 1  # capture even short chains of kernels
+  return options
+
+
 @functools.lru_cache(maxsize=8)
-def _pmapped_steps(loss_fn: Callable, devices: tuple, compiler_options: tuple) -> tuple:
-  """The pmapped train and eval steps, kept for the next run in this process.
+def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, devices: tuple,
+                   compiler_options: tuple) -> tuple:
+  """The pmapped train step, k-step train call and eval step, kept for the next run in this
+  process.
 
   A sweep, a transfer experiment or a test session trains many runs in one process; runs of
   the same model then reuse JAX's traced and compiled steps instead of tracing, lowering and
   loading them again (several seconds each on a CPU).
   """
   options = dict(compiler_options)
-  p_train = parallel.pmap_train_step(functools.partial(train_step, loss_fn=loss_fn),
-                                     list(devices), options)
+  p_train = parallel.pmap_train_step(
+      functools.partial(train_step, loss_fn=loss_fn, augment_options=augment_options),
+      list(devices), options)
+  p_train_steps = parallel.pmap_train_step(
+      functools.partial(train_steps, loss_fn=loss_fn, augment_options=augment_options),
+      list(devices), options)
   thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
   p_eval = parallel.pmap_eval_step(
       functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds), list(devices),
       options)
-  return p_train, p_eval
+  return p_train, p_train_steps, p_eval
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,17 +180,19 @@ class RunSetup:
   workdir: str
   devices: list
   model: Any
+  image_size: tuple[int, int]  # (height, width) of the model's inputs
   datasets: loading.Datasets
-  validation: Any  # the validation splits read as one source
-  preprocess_eval: pipeline.Preprocess
-  train_batches: Any  # step-indexed grain dataset
+  validation: Any  # the validation splits read as one source (decoded once when they fit)
+  train_batches: Any  # step-indexed grain dataset of uint8 batches
   global_batch: int
   steps_per_epoch: int
   total_steps: int
   eval_every: int  # steps
+  steps_per_dispatch: int
   schedule: Callable[[int], Any]
   num_params: int
-  p_train: Callable
+  p_train: Callable  # one step per call
+  p_train_steps: Callable  # k steps per call (lax.scan), for steps_per_dispatch > 1
   p_eval: Callable
   checkpoints: checkpoint_lib.RunCheckpoints
   state: TrainState  # fresh, initialised from elsewhere, or restored (host)
@@ -170,6 +203,18 @@ class RunSetup:
   def eval_kwargs(self) -> dict:
     return dict(batch_size_per_device=self.config.batch_size_per_device,
                 num_devices=len(self.devices), num_threads=self.config.data.num_threads)
+
+
+def steps_per_dispatch(config: ml_collections.ConfigDict, platform: str) -> int:
+  """config.training.steps_per_dispatch, or the backend's measured default when None."""
+  if config.training.steps_per_dispatch:
+    return int(config.training.steps_per_dispatch)
+  return DEFAULT_STEPS_PER_DISPATCH.get(platform, 1)
+
+
+# Steps per pmapped call when the config leaves it unset. CPU: 1, a step takes 0.1-2 s there
+# and one dispatch ~1 ms (docs/performance.md, entry 18). GPU: 1 until measured on one.
+DEFAULT_STEPS_PER_DISPATCH = {"cpu": 1}
 
 
 def _step_plan(config: ml_collections.ConfigDict, train_size: int,
@@ -201,17 +246,36 @@ def _initial_state(config, workdir: str, state: TrainState,
   return state, loop_lib.LoopState(init_from=init_from)
 
 
-def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list) -> RunSetup:
-  """Model, data, optimiser, compiled steps and the (restored) state of a validated config."""
+def _training_data(config: ml_collections.ConfigDict, datasets: loading.Datasets,
+                   devices: list):
+  """(validation source, step-indexed training batches), both decoded once when they fit."""
+  size, threads, cache_gb = config.data.image_size, config.data.num_threads, config.data.cache_gb
+  train = pipeline.decode_split(datasets.train, size, cache_gb=cache_gb, num_threads=threads)
+  validation = pipeline.decode_split(datasets.validation, size, cache_gb=cache_gb,
+                                     num_threads=threads, what="validation")
+  batches = pipeline.training_batches(
+      train, seed=config.seed, batch_size_per_device=config.batch_size_per_device,
+      num_devices=len(devices), process_index=parallel.process_index(),
+      process_count=parallel.process_count())
+  return validation, batches
+
+
+def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
+              model=None) -> RunSetup:
+  """Model, data, optimiser, compiled steps and the (restored) state of a validated config.
+
+  `model` replaces the one config.model describes (the benchmark times settings that are not
+  config keys, e.g. a depthwise implementation).
+  """
   _, ignored = config_lib.model_kwargs(config)
-  for key in ignored:
+  for key in ignored if model is None else ():
     logging.warning("config.model.%s=%r is ignored: model %r does not take it", key,
                     config.model[key], config.model.name)
   # BatchNorm statistics over the global batch: the models' BN layers reduce over the pmap axis.
-  model = _canonical(config_lib.models_from_config(config, bn_axis_name=parallel.AXIS_NAME))
-  loss_fn = losses_lib.get_loss(config.loss)
+  model = _canonical(model or config_lib.models_from_config(config,
+                                                            bn_axis_name=parallel.AXIS_NAME))
+  size = pipeline.image_shape(config.data.image_size)
   datasets = loading.load_datasets(config)
-  size = config.data.image_size
   global_batch = config.batch_size_per_device * len(devices) * parallel.process_count()
   steps_per_epoch, total_steps, eval_every = _step_plan(config, datasets.train_size,
                                                         global_batch)
@@ -222,24 +286,22 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list) ->
   transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
   state, loop = _initial_state(config, workdir, state, checkpoints)
-  compiler_options = models_lib.xla_compiler_options(model, config.cpu_ynnpack)
-  p_train, p_eval = _pmapped_steps(loss_fn, tuple(devices),
-                                   tuple(sorted(compiler_options.items())))
-  train_batches = pipeline.training_batches(
-      datasets.train, pipeline.Preprocess(size, config.data.flip, config.data.rotate),
-      seed=config.seed, batch_size_per_device=config.batch_size_per_device,
-      num_devices=len(devices), process_index=parallel.process_index(),
-      process_count=parallel.process_count())
-  num_params = models_lib.count_params(model, (1, size, size, 3))
+  options = compiler_options(config, model, devices[0].platform)
+  p_train, p_train_steps, p_eval = _pmapped_steps(
+      losses_lib.get_loss(config.loss), augment.AugmentOptions.from_config(config),
+      tuple(devices), tuple(sorted(options.items())))
+  validation, train_batches = _training_data(config, datasets, devices)
+  num_params = models_lib.count_params(model, (1, *size, 3))
   logging.info("%s: %s parameters; %d steps per epoch of %d images; %d devices; %d steps",
                config.model.name, f"{num_params:,}", steps_per_epoch, global_batch,
                len(devices), total_steps)
   return RunSetup(
-      config=config, workdir=workdir, devices=devices, model=model, datasets=datasets,
-      validation=datasets.validation_source, preprocess_eval=pipeline.Preprocess(size),
-      train_batches=train_batches, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
-      total_steps=total_steps, eval_every=eval_every, schedule=schedule, num_params=num_params,
-      p_train=p_train, p_eval=p_eval, checkpoints=checkpoints, state=state, loop=loop,
+      config=config, workdir=workdir, devices=devices, model=model, image_size=size,
+      datasets=datasets, validation=validation, train_batches=train_batches,
+      global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+      eval_every=eval_every, steps_per_dispatch=steps_per_dispatch(config, devices[0].platform),
+      schedule=schedule, num_params=num_params, p_train=p_train, p_train_steps=p_train_steps,
+      p_eval=p_eval, checkpoints=checkpoints, state=state, loop=loop,
       start_step=int(state.step))
 
 
@@ -256,11 +318,11 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
   run.checkpoints.close()
   replicated = parallel.replicate(
       trained.replace(params=best["params"], batch_stats=best["batch_stats"]), run.devices)
-  validation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation,
-                                       run.preprocess_eval, **run.eval_kwargs)
+  validation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation, run.image_size,
+                                       **run.eval_kwargs)
   threshold, t_index, ja_curve = evaluation_lib.threshold_search(validation)
   test_results, per_image = evaluation_lib.test_metrics(
-      run.p_eval, replicated, run.datasets.test, run.preprocess_eval, t_index, run.eval_kwargs)
+      run.p_eval, replicated, run.datasets.test, run.image_size, t_index, run.eval_kwargs)
   results = {
       "model": {"name": run.config.model.name, "params": int(run.num_params)},
       "loss": run.config.loss,
@@ -282,7 +344,7 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
         step=last_step, signal_name=stop.received)
   if parallel.is_main_process():
     evaluation_lib.write_reports(run.workdir, results, ja_curve, per_image, run.datasets.test,
-                                 run.model, best, run.preprocess_eval,
+                                 run.model, best, run.image_size,
                                  run.config.report.num_overlays)
   evaluation_lib.write_results(run.workdir, results)
   return results

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lesion_jax import benchmark, losses
+from lesion_jax import benchmark, losses, train
 from lesion_jax import parallel
 from tests.conftest import tiny_config
 
@@ -49,7 +49,7 @@ def conv_net_state(image_size: int):
 
 def use_conv_net(monkeypatch):
   monkeypatch.setattr(benchmark.ModelSetting, "create",
-                      lambda self, dtype: ConvNet(dtype=jnp.dtype(dtype)))
+                      lambda self, dtype, **extra: ConvNet(dtype=jnp.dtype(dtype)))
   monkeypatch.setattr(benchmark, "initial_state",
                       lambda model, image_size, seed=0: conv_net_state(image_size))
 
@@ -119,6 +119,37 @@ def test_flops_per_image_match_an_analytic_count():
   assert row["peak_bytes"] > 4 * size * size * 3 * batch  # at least the batch of images
 
 
+def test_flops_of_a_small_model_equal_the_hand_count():
+  """The forward of ConvNet, counted on the program JAX lowers (before any backend rewrite)."""
+  for side in (16, 32):
+    x = jnp.zeros((1, side, side, 3))
+    variables = ConvNet().init(jax.random.key(0), x)
+    flops = benchmark.count_flops(lambda v, images: ConvNet().apply(v, images), variables, x)
+    # A 3x3 'same' convolution multiplies and adds over the taps inside the image only:
+    # (3S - 2) of the 3S (output, tap) pairs of each axis. Then a bias add per output and a
+    # ReLU per hidden activation.
+    convolutions = 2 * (3 * side - 2) ** 2 * sum(
+        c_in * c_out for c_in, c_out in zip(CHANNELS[:-1], CHANNELS[1:]))
+    biases = side * side * sum(CHANNELS[1:])
+    relus = side * side * sum(CHANNELS[1:-1])
+    assert flops == convolutions + biases + relus
+
+
+def test_train_flops_per_image_grow_with_the_pixels():
+  devices = parallel.local_devices(1)
+  state = parallel.replicate(conv_net_state(32), devices)  # parameters do not depend on size
+  p_train = parallel.pmap_train_step(
+      functools.partial(train.train_step, loss_fn=losses.get_loss("dice")), devices)
+
+  def per_image(side):
+    batch = benchmark.synthetic_batch(devices, 2, side)
+    return benchmark.lowered_flops(p_train.lower(state, batch)) / 2
+
+  # Twice the side, four times the work per image: up to the taps a 'same' convolution skips
+  # at the border ((3S - 2)^2, not 9S^2) and the per-parameter FLOPs of the Adam update.
+  assert per_image(128) / per_image(64) == pytest.approx(4, rel=0.02)
+
+
 @pytest.mark.slow
 def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path, monkeypatch):
   use_conv_net(monkeypatch)
@@ -145,6 +176,10 @@ def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path,
     assert row["achieved_flops_per_s"] == pytest.approx(
         row["flops_per_image"] * row["train_images_per_s"])
     assert row["input_bound"] == (row["pipeline_images_per_s"] < row["train_images_per_s"])
+    # The real training loop of the same model, next to its step alone.
+    assert row["loop_images_per_s"] > 0 and row["steps_per_dispatch"] == 1
+    assert row["loop_to_step_ratio"] == pytest.approx(
+        row["loop_images_per_s"] / row["train_images_per_s"])
     assert (row["model"], row["image_size"], row["batch_per_device"]) == ("unet:ifc=16", 32, 2)
   sweep = [r for r in rows if r["sweep"] == "batch_size"]
   assert [r["batch_per_device"] for r in sweep] == [1, 2] * 2  # capped at 2 on CPU
@@ -155,6 +190,8 @@ def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path,
   assert "Device: **cpu**" in table and f"JAX {jax.__version__}" in table
   assert "| unet:ifc=16 | bfloat16 |" in table
   assert "largest batch per device that fits: 2 (the sweep stops at 2)" in table
+  assert "loop img/s" in table and "loop / step" in table
+  assert "Input pipeline alone:" in table and "decoded once into memory" in table
   with pytest.raises(FileExistsError, match="--overwrite"):
     benchmark.run_benchmark(config, workdir)
 
@@ -163,7 +200,7 @@ def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path,
 def test_batch_that_does_not_fit_is_reported_not_raised(data_dir, tmp_path, monkeypatch):
   use_conv_net(monkeypatch)
   # A device with 64 KiB: XLA's plan for the step is larger, so nothing runs.
-  monkeypatch.setattr(benchmark, "_memory_limit", lambda devices: 64 * 1024)
+  monkeypatch.setattr(benchmark.measure, "_memory_limit", lambda devices: 64 * 1024)
   config = bench_config(data_dir, **{"benchmark.pipeline_batches": 0,
                                      "benchmark.batch_sweep": True})
   rows = benchmark.run_benchmark(config, str(tmp_path / "w"))

@@ -21,6 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("model.alpha", -1.0, "alpha"),
     ("batch_size_per_device", 0, "batch_size_per_device"),
     ("cpu_ynnpack", "maybe", r"cpu_ynnpack must be one of \('auto', 'on', 'off'\), got 'maybe'"),
+    ("xla_gpu_command_buffer", "FUSION,GRAPHS",
+     r"xla_gpu_command_buffer='FUSION,GRAPHS' is not accepted by XLA.*'GRAPHS' is not a valid"),
+    ("training.steps_per_dispatch", 0, "steps_per_dispatch must be >= 1"),
+    ("data.cache_gb", -1.0, "cache_gb must be >= 0"),
 ])
 def test_validate_names_the_bad_value(key, value, message, tmp_path):
   config = tiny_config(str(tmp_path), **{key: value})
@@ -165,3 +169,15 @@ def test_launch_prints_bad_input_without_a_traceback(tmp_path):
   assert result.stderr.strip().splitlines() == [
       line for line in result.stderr.strip().splitlines() if line.startswith("error: --workdir")]
   assert "missing_parent" in result.stderr
+
+
+def test_gpu_command_buffers_are_compile_options_on_the_gpu_only(tmp_path):
+  from lesion_jax import models
+  config = tiny_config(str(tmp_path), xla_gpu_command_buffer="FUSION,CUBLAS")
+  config_lib.validate(config)
+  model = models.create_model("unet", ifc=16)
+  assert train.compiler_options(config, model, "gpu") == {
+      "xla_gpu_enable_command_buffer": "FUSION,CUBLAS", "xla_gpu_graph_min_graph_size": 1}
+  assert "xla_gpu_enable_command_buffer" not in train.compiler_options(config, model, "cpu")
+  config.xla_gpu_command_buffer = ""  # off
+  assert train.compiler_options(config, model, "gpu") == {"xla_gpu_enable_command_buffer": ""}

@@ -52,9 +52,15 @@ def held_out_images(trained_run):
                    for i in range(4)])
 
 
+def _standardize(image):
+  """The paper's per-image standardisation in NumPy, std floored at 1/sqrt(N)."""
+  x = image.astype(np.float32)
+  return (x - x.mean()) / max(float(x.std()), 1.0 / np.sqrt(x.size))
+
+
 def _jax_probabilities(run, images):
   """The evaluation path, written out independently: NumPy standardize, model, sigmoid."""
-  standardized = np.stack([pipeline.standardize(image) for image in images])
+  standardized = np.stack([_standardize(image) for image in images])
   apply = jax.jit(lambda variables, x: jax.nn.sigmoid(run.model.apply(variables, x, train=False)))
   return np.asarray(apply(run.variables, standardized))
 

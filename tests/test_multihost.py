@@ -58,7 +58,7 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   import numpy as np
   import optax
 
-  from lesion_jax import checkpoint, losses, metrics, train
+  from lesion_jax import augment, checkpoint, losses, metrics, train
   from lesion_jax import evaluation as evaluation_lib
   from lesion_jax.data import pipeline
 
@@ -74,14 +74,15 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   loss_fn = losses.get_loss("dice")
   state = train.create_train_state(TwoConvs(), optax.adam(1e-2), jax.random.PRNGKey(0),
                                    IMAGE_SIZE)
-  p_train = parallel.pmap_train_step(functools.partial(train.train_step, loss_fn=loss_fn),
-                                     devices)
+  # Augmentation on: its draws follow the global device index, the same in both layouts.
+  p_train = parallel.pmap_train_step(functools.partial(
+      train.train_step, loss_fn=loss_fn,
+      augment_options=augment.AugmentOptions(flip=True, rotate=True)), devices)
   p_eval = parallel.pmap_eval_step(functools.partial(
       train.eval_step, loss_fn=loss_fn,
       thresholds=jax.numpy.asarray(metrics.THRESHOLDS, jax.numpy.float32)), devices)
   batches = pipeline.training_batches(
-      # No augmentation: its draws follow an example's position in its process's shard.
-      [_synthetic_source(TRAIN_IMAGES, seed=1)], pipeline.Preprocess(IMAGE_SIZE),
+      pipeline.decode_split([_synthetic_source(TRAIN_IMAGES, seed=1)], IMAGE_SIZE, cache_gb=1),
       seed=0, batch_size_per_device=BATCH_PER_DEVICE, num_devices=len(devices),
       process_index=parallel.process_index(), process_count=parallel.process_count())
 
@@ -95,7 +96,7 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   parallel.assert_replicas_equal(replicated.params)
 
   evaluation = evaluation_lib.evaluate(
-      p_eval, replicated, _synthetic_source(EVAL_IMAGES, seed=2), pipeline.Preprocess(IMAGE_SIZE),
+      p_eval, replicated, _synthetic_source(EVAL_IMAGES, seed=2), IMAGE_SIZE,
       batch_size_per_device=BATCH_PER_DEVICE, num_devices=len(devices), num_threads=1)
   order = np.argsort(evaluation.index)
 

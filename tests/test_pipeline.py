@@ -1,4 +1,4 @@
-"""The input pipeline: resizing, standardisation, shared augmentation, batching and padding."""
+"""The input pipeline: resizing, the decoded cache, batching by step, shards and padding."""
 import numpy as np
 import pytest
 
@@ -27,43 +27,41 @@ def test_resize_keeps_masks_binary_and_images_smooth():
   assert len(np.unique(out_image)) > 2  # bilinear: the edge is blended
 
 
-def test_standardize_is_per_image_zero_mean_unit_variance():
-  image = np.random.default_rng(0).integers(0, 255, (8, 8, 3)).astype(np.uint8)
-  out = pipeline.standardize(image)
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out.mean(), 0, atol=1e-5)
-  np.testing.assert_allclose(out.std(), 1, atol=1e-4)
-  flat = pipeline.standardize(np.full((4, 4, 3), 7, np.uint8))
-  assert np.all(np.isfinite(flat)) and np.all(flat == 0)  # std floor: no division by zero
+def test_prepared_examples_are_uint8_at_the_size_with_binary_masks():
+  example = fake_source(1, 40, 60)[0]
+  prepared = pipeline.prepare_example(example, 16)
+  assert prepared["image"].shape == (16, 16, 3) and prepared["image"].dtype == np.uint8
+  assert prepared["mask"].shape == (16, 16, 1) and set(np.unique(prepared["mask"])) <= {0, 1}
+  assert pipeline.prepare_example(example, (12, 20))["image"].shape == (12, 20, 3)
 
 
-def test_augmentation_applies_one_draw_to_image_and_mask():
-  # The mask is a copy of the image's first channel, so any shared transform keeps them equal.
-  for seed in range(20):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (12, 12), dtype=np.uint8)
-    image, mask = pipeline.augment_pair(np.stack([base] * 3, -1), base, rng, True, True)
-    np.testing.assert_array_equal(image[..., 0], mask)
+def test_a_split_is_decoded_once_into_memory_when_it_fits():
+  source = fake_source(5, 20, 30)
+  decoded = pipeline.decode_split([source[:2], source[2:]], 16, cache_gb=1.0, num_threads=2)
+  assert isinstance(decoded, pipeline.DecodedSplit) and len(decoded) == 5
+  for i in range(5):
+    expected = pipeline.prepare_example(source[i], 16)
+    np.testing.assert_array_equal(decoded[i]["image"], expected["image"])
+    np.testing.assert_array_equal(decoded[i]["mask"], expected["mask"])
+  # Over the budget (or at 0) examples are prepared at every read instead, with equal values.
+  streamed = pipeline.decode_split([source], 16, cache_gb=1e-9)
+  assert not isinstance(streamed, pipeline.DecodedSplit)
+  np.testing.assert_array_equal(streamed.gather(np.array([3, 1]))["image"],
+                                decoded.gather(np.array([3, 1]))["image"])
 
 
-def test_augmentation_changes_some_examples():
-  base = np.arange(16, dtype=np.uint8).reshape(4, 4)
-  outcomes = {pipeline.augment_pair(base[..., None], base, np.random.default_rng(s), True,
-                                    True)[1].tobytes() for s in range(30)}
-  assert len(outcomes) > 4
+def _decoded(source, size):
+  return pipeline.decode_split([source], size, cache_gb=1.0, num_threads=1)
 
 
 def test_training_batches_shape_determinism_and_epochs():
-  source = fake_source(10)
-  prep = pipeline.Preprocess(16, flip=True, rotate=True)
-  ds = pipeline.training_batches([source], prep, seed=3, batch_size_per_device=2,
-                                 num_devices=2)
+  source = _decoded(fake_source(10), 16)
+  ds = pipeline.training_batches(source, seed=3, batch_size_per_device=2, num_devices=2)
   batch = ds[0]
   assert batch["image"].shape == (2, 2, 16, 16, 3)  # (devices, per_device, H, W, C)
   assert batch["mask"].shape == (2, 2, 16, 16, 1)
-  assert batch["image"].dtype == np.float32
-  again = pipeline.training_batches([source], prep, seed=3, batch_size_per_device=2,
-                                    num_devices=2)
+  assert batch["image"].dtype == np.uint8  # standardised and augmented on the device
+  again = pipeline.training_batches(source, seed=3, batch_size_per_device=2, num_devices=2)
   for k in (0, 1, 7):  # batch k is a pure function of (seed, k): resuming reads the same data
     np.testing.assert_array_equal(ds[k]["image"], again[k]["image"])
   it = pipeline.iterate_from(ds, 5, num_threads=1)
@@ -84,7 +82,7 @@ def _ids(batch):
 
 
 def test_every_epoch_sees_every_example_once_in_a_new_order():
-  ds = pipeline.training_batches([_tagged_source(8)], pipeline.Preprocess(8), seed=0,
+  ds = pipeline.training_batches(_decoded(_tagged_source(8), 8), seed=0,
                                  batch_size_per_device=4, num_devices=1)
   epoch1 = _ids(ds[0]) + _ids(ds[1])
   epoch2 = _ids(ds[2]) + _ids(ds[3])
@@ -93,9 +91,8 @@ def test_every_epoch_sees_every_example_once_in_a_new_order():
 
 
 def test_processes_read_disjoint_shards():
-  source = _tagged_source(8)
-  shards = [pipeline.training_batches([source], pipeline.Preprocess(8), seed=0,
-                                      batch_size_per_device=2, num_devices=1,
+  source = _decoded(_tagged_source(8), 8)
+  shards = [pipeline.training_batches(source, seed=0, batch_size_per_device=2, num_devices=1,
                                       process_index=p, process_count=2) for p in range(2)]
   seen = [_ids(shard[0]) + _ids(shard[1]) for shard in shards]
   assert not set(seen[0]) & set(seen[1])
@@ -107,20 +104,24 @@ def test_mixture_draws_in_proportion_to_size():
   large = fake_source(30, 8, 8, tag=2)
   for ex in small:
     ex["mask"][:] = 1  # full masks mark the small database
-  prep = pipeline.Preprocess(8)
-  ds = pipeline.training_batches([small, large], prep, seed=0, batch_size_per_device=4,
-                                 num_devices=1)
+  mixture = pipeline.decode_split([small, large], 8, cache_gb=1.0)
+  ds = pipeline.training_batches(mixture, seed=0, batch_size_per_device=4, num_devices=1)
   full = [float(m.mean() == 1.0) for k in range(10) for m in ds[k]["mask"][0]]  # one epoch
   assert sum(full) == 10  # exactly the small database's share: 10 of 40
 
 
 def test_evaluation_sees_every_example_exactly_once_with_padding():
   source = fake_source(7)
-  prep = pipeline.Preprocess(8)
-  batches = list(pipeline.evaluation_batches(source, prep, batch_size_per_device=2,
+  batches = list(pipeline.evaluation_batches(source, 8, batch_size_per_device=2,
                                              num_devices=2, num_threads=1))
   assert len(batches) == 2
-  assert batches[0]["image"].shape == (2, 2, 8, 8, 3)
+  assert batches[0]["image"].shape == (2, 2, 8, 8, 3) and batches[0]["image"].dtype == np.uint8
+  # A decoded split gives the very same batches.
+  again = list(pipeline.evaluation_batches(_decoded(source, 8), 8, batch_size_per_device=2,
+                                           num_devices=2, num_threads=1))
+  for a, b in zip(batches, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["index"], b["index"])
   valid = np.concatenate([b["valid"].reshape(-1) for b in batches])
   index = np.concatenate([b["index"].reshape(-1) for b in batches])
   assert valid.sum() == 7
@@ -130,10 +131,9 @@ def test_evaluation_sees_every_example_exactly_once_with_padding():
 
 def test_evaluation_shards_by_process_with_equal_batch_counts():
   source = fake_source(9)
-  prep = pipeline.Preprocess(8)
   seen, counts = [], []
   for process in range(2):
-    batches = list(pipeline.evaluation_batches(source, prep, batch_size_per_device=2,
+    batches = list(pipeline.evaluation_batches(source, 8, batch_size_per_device=2,
                                                num_devices=1, num_threads=1,
                                                process_index=process, process_count=2))
     counts.append(len(batches))
@@ -144,19 +144,19 @@ def test_evaluation_shards_by_process_with_equal_batch_counts():
 
 
 def test_bad_image_size_is_rejected():
-  with pytest.raises(ValueError, match="image_size"):
-    pipeline.Preprocess(image_size=4)
+  for size in (4, (16, 4), (16,), 16.0, True):
+    with pytest.raises(ValueError, match="image_size"):
+      pipeline.image_shape(size)
+  assert pipeline.image_shape(16) == (16, 16) and pipeline.image_shape((192, 256)) == (192, 256)
 
 
 def test_process_shards_together_are_the_single_process_global_batch():
-  """Two processes x 1 device see, augmentation included, what one process x 2 devices sees."""
-  source = fake_source(12, 8, 8)
-  prep = pipeline.Preprocess(8, flip=True, rotate=True)
-  single = pipeline.training_batches([source], prep, seed=5, batch_size_per_device=2,
-                                     num_devices=2)
-  shards = [pipeline.training_batches([source], prep, seed=5, batch_size_per_device=2,
-                                      num_devices=1, process_index=p, process_count=2)
-            for p in range(2)]
+  """Two processes x 1 device see what one process x 2 devices sees (the augmentation, drawn on
+  the device from the global device index, follows: tests/test_parallel.py)."""
+  source = _decoded(fake_source(12, 8, 8), 8)
+  single = pipeline.training_batches(source, seed=5, batch_size_per_device=2, num_devices=2)
+  shards = [pipeline.training_batches(source, seed=5, batch_size_per_device=2, num_devices=1,
+                                      process_index=p, process_count=2) for p in range(2)]
   for k in range(8):  # across the epoch boundary too
     joined = np.concatenate([shards[0][k]["image"], shards[1][k]["image"]], axis=0)
     np.testing.assert_array_equal(joined, single[k]["image"])

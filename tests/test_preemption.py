@@ -49,7 +49,9 @@ def _wait_until_training(process: subprocess.Popen, workdir: str) -> None:
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
   while time.time() < deadline:
-    assert process.poll() is None, "the run ended before it could be signalled"
+    if process.poll() is not None:
+      raise AssertionError("the run ended before it could be signalled:\n"
+                           + process.communicate()[1][-3000:])
     if os.path.exists(metrics) and '"train"' in open(metrics).read():
       return
     time.sleep(0.02)
@@ -112,11 +114,11 @@ def test_two_processes_agree_on_the_step_to_stop_at(data_dir, tmp_path):
     _wait_until_training(processes[0], workdir)
     processes[0].send_signal(signal.SIGTERM)
     logs = [process.communicate(timeout=180)[1] for process in processes]
-  except subprocess.TimeoutExpired:
+  except (subprocess.TimeoutExpired, AssertionError):
     for process in processes:
       process.kill()
     logs = [process.communicate()[1] for process in processes]
-    raise AssertionError("the processes did not stop:\n" + "\n----\n".join(
+    raise AssertionError("the two processes did not stop as expected:\n" + "\n----\n".join(
         log[-3000:] for log in logs))
   finally:
     for process in processes:

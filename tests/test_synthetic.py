@@ -172,8 +172,8 @@ def test_preparing_and_reading_never_import_tensorflow(tmp_path):
       "from lesion_jax.data import pipeline\n"
       f"b = get_builder('synthetic_lesions/dermoscopic', data_dir={str(tmp_path)!r},\n"
       "                options=dict(num_images=12, image_size=32, seed=0))\n"
-      "ds = pipeline.training_batches([b.as_data_source('train')], pipeline.Preprocess(32),\n"
-      "                               seed=0, batch_size_per_device=2, num_devices=1)\n"
+      "split = pipeline.decode_split([b.as_data_source('train')], 32, cache_gb=1.0)\n"
+      "ds = pipeline.training_batches(split, seed=0, batch_size_per_device=2, num_devices=1)\n"
       "assert ds[0]['image'].shape == (1, 2, 32, 32, 3)\n"
       "print('TF_LOADED' if 'tensorflow' in sys.modules else 'TF_ABSENT')\n")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

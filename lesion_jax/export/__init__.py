@@ -8,7 +8,7 @@ The exported model is the whole on-device computation except the resize, so an a
 knowledge of the training code:
 - input `image`: uint8 RGB, (1, S, S, 3) with S the run's training size (config.data.image_size);
   the app resizes the photo to SxS (bilinear), as training did (pipeline.resize_pair);
-- inside: per-image standardisation exactly as `pipeline.standardize` (mean and std over all
+- inside: per-image standardisation exactly as `inference.standardize` (mean and std over all
   pixels and channels, std floored at 1/sqrt(N)), then the network and its sigmoid;
 - output `probability`: float32 (1, S, S, 1), the lesion probability; with `--with_threshold`,
   output `mask` instead: uint8 (1, S, S, 1), 1 where probability >= the run's threshold.
@@ -64,7 +64,7 @@ from lesion_jax.export.tflite import (INSTALL_HINT, METADATA_NAME, QUANTIZATIONS
                                       embed_metadata, export_model, for_export,
                                       inference_function, load_interpreter,
                                       read_embedded_metadata, require_tensorflow,
-                                      run_interpreter, sidecar_path, standardize_images)
+                                      run_interpreter, sidecar_path)
 
 __all__ = [
     "INSTALL_HINT", "METADATA_NAME", "QUANTIZATIONS", "ExportError", "ExportReport",
@@ -73,5 +73,5 @@ __all__ = [
     "export_model", "export_run", "for_export", "inference_function", "jax_probabilities",
     "load_interpreter", "main", "mask_agreement", "median_latency_ms", "parity",
     "read_embedded_metadata", "require_tensorflow", "run_interpreter", "sidecar_path",
-    "standardize_images", "tflite", "validation_images",
+    "tflite", "validation_images",
 ]

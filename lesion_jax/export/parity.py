@@ -9,7 +9,7 @@ probabilities all sit within a few 1e-3 of the threshold, would fail any quantis
 being undecided rather than for a bad conversion. The bounds are in `tflite.QUANTIZATIONS`.
 
 The reference is the run's network as evaluation computes it (`inference`), after
-`pipeline.standardize`, in float32 with its default depthwise form: so the check covers the
+`inference.standardize`, in float32 with its default depthwise form: so the check covers the
 preprocessing inside the exported model and the depthwise rewrite, not only the conversion.
 """
 from __future__ import annotations
@@ -38,9 +38,8 @@ def reference_model(config) -> Any:
 
 def jax_probabilities(run, images: np.ndarray) -> np.ndarray:
   """(N, S, S, 1) probabilities of uint8 `images` as evaluation computes them (the reference)."""
-  standardized = np.stack([pipeline.standardize(image) for image in images])
   return inference.predict_probabilities(reference_model(run.config), run.variables,
-                                         standardized)[..., None]
+                                         images)[..., None]
 
 
 @dataclasses.dataclass

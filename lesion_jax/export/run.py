@@ -69,7 +69,7 @@ def describe_export(run, quantization: Quantization, thresholded: bool, model_fi
       "preprocessing": {
           "resize": f"the app resizes the image to {size}x{size}, bilinear (as in training)",
           "standardization": "inside the model: per image, (x - mean) / max(std, 1/sqrt(N)) "
-                             f"over all N = {size}*{size}*3 values (pipeline.standardize)",
+                             f"over all N = {size}*{size}*3 values (inference.standardize)",
       },
       "postprocessing": "resize the probability map back to the image size (bilinear), then "
                         "lesion where probability >= threshold",

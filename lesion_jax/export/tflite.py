@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Mapping
 
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lesion_jax import config as config_lib
+from lesion_jax import inference
 from lesion_jax.registry import Registry
 
 INSTALL_HINT = "pip install -e .[export]"
@@ -99,16 +99,6 @@ def run_interpreter(interpreter, image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # The exported computation, in JAX.
 
-def standardize_images(images: jax.Array) -> jax.Array:
-  """`pipeline.standardize` for a (B, H, W, C) batch, in JAX: each image on its own."""
-  images = images.astype(jnp.float32)
-  count = math.prod(images.shape[1:])
-  axes = tuple(range(1, images.ndim))
-  mean = jnp.mean(images, axis=axes, keepdims=True)
-  std = jnp.maximum(jnp.std(images, axis=axes, keepdims=True), 1.0 / math.sqrt(count))
-  return (images - mean) / std
-
-
 def inference_function(model, variables: Mapping[str, Any]) -> Callable[[jax.Array], jax.Array]:
   """uint8 (B, S, S, 3) RGB -> float32 logits at the network's output size (the JAX part).
 
@@ -119,7 +109,9 @@ def inference_function(model, variables: Mapping[str, Any]) -> Callable[[jax.Arr
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
   def infer(images: jax.Array) -> jax.Array:
-    return model.apply(variables, standardize_images(images), train=False).astype(jnp.float32)
+    # The same standardisation as training and evaluation (inference.standardize).
+    return model.apply(variables, inference.standardize(images),
+                       train=False).astype(jnp.float32)
 
   return infer
 

@@ -314,7 +314,7 @@ def write_fig1(out_dir: str, runs: Sequence[Any], labels: Sequence[str],
     for run in runs:
       probs = inference.predict_examples(run.model, run.variables,
                                          [examples[i] for i in chosen],
-                                         pipeline.Preprocess(run.image_size))
+                                         run.image_size)
       predictions.append([_resize_binary(p >= run.threshold, size) for p in probs])
     row_labels = [f"{label}: {image_id}\nJA " + " / ".join(
         f"{100 * ja[k, position]:.1f}" for k in range(len(runs)))

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/performance.md in one call: for the reduced Mobile DeepLab, the
+# Mobile DeepLab alpha 1.0 and the U-Net ifC 16 at 512x512, batch 4, float32, the step alone and
+# the real training loop (lesion_jax), beside PyTorch eager and torch.compile(reduce-overhead)
+# on the same layers (docs/pytorch_reference.py); then the ISIC-shaped loop at 256x256 with XLA
+# command buffers and several steps per dispatch. Results land in $OUT (or ./gpu_results).
+#
+# On the project's lent H200 (see the device tool's README), from the repository root:
+#   ../shared/tools/device-wheels.sh            # once, here: the wheels the GPU image lacks
+#   device run, carry [".whl"], timeout_s 560:  bash docs/gpu_benchmark.sh
+# The stages take about 8 minutes together; `bash docs/gpu_benchmark.sh jax` (or torch, isic)
+# runs one. GPU_BENCHMARK_SMOKE=1 runs every stage at toy sizes (a check on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_results}"
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PWD"
+fi
+export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1 LESION_JAX_HUGE_PAGES=0
+PY="${PYTHON:-python3}"
+TORCH_PY="${TORCH_PYTHON:-$PY}"  # the GPU image has torch beside JAX; on a CPU, a torch venv
+STAGES="${*:-jax torch isic}"
+SIZE=512; ISIC=256; STEPS=20; WARMUP=3; IMAGES=100; ISIC_IMAGES=400; TORCH_DEVICE=cuda
+if [ -n "${GPU_BENCHMARK_SMOKE:-}" ]; then
+  SIZE=64; ISIC=64; STEPS=2; WARMUP=1; IMAGES=20; ISIC_IMAGES=20; TORCH_DEVICE=cpu
+fi
+MODELS='("deeplab_mobilenetv2:alpha=0.35", "deeplab_mobilenetv2:alpha=1.0", "unet:ifc=16")'
+BUFFERS="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+  "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
+  "$TORCH_PY" -c "import torch; print('torch', torch.__version__)" 2>/dev/null; } | tee "$OUT/environment.txt"
+
+bench() {  # bench NAME OVERRIDES...: one benchmark run, its tables copied to $OUT
+  local name=$1; shift
+  rm -rf "/tmp/bench_$name"
+  "$PY" launch.py --config configs/benchmark.py --workdir "/tmp/bench_$name" \
+    --config.data.image_size=$SIZE --config.benchmark.steps=$STEPS \
+    --config.benchmark.warmup_steps=$WARMUP --config.benchmark.pipeline_images=$IMAGES "$@" \
+    2>&1 | tail -n 8
+  cp "/tmp/bench_$name/benchmark.md" "$OUT/$name.md" 2>/dev/null
+  cp "/tmp/bench_$name/benchmark.json" "$OUT/$name.json" 2>/dev/null
+}
+
+for stage in $STAGES; do
+  case $stage in
+    jax)  # the three models: step alone and loop, XLA's defaults
+      bench jax_512 --config.benchmark.models="$MODELS" ;;
+    torch)  # PyTorch on the identical layers: eager, then CUDA graphs through torch.compile
+      "$TORCH_PY" docs/pytorch_reference.py --device $TORCH_DEVICE --model all --image_size $SIZE \
+        --batch 4 --steps $STEPS --warmup $WARMUP --compile none,reduce-overhead \
+        2>&1 | tee "$OUT/torch_512.txt" ;;
+    isic)  # the ISIC-shaped loop at 256: defaults, command buffers, 4 steps per call, both
+      SIZE=$ISIC IMAGES=$ISIC_IMAGES
+      M='("deeplab_mobilenetv2:alpha=0.35",)'
+      bench isic_256 --config.benchmark.models="$M"
+      bench isic_256_buffers --config.benchmark.models="$M" --config.xla_gpu_command_buffer=$BUFFERS
+      bench isic_256_k4 --config.benchmark.models="$M" --config.training.steps_per_dispatch=4
+      bench isic_256_both --config.benchmark.models="$M" --config.xla_gpu_command_buffer=$BUFFERS \
+        --config.training.steps_per_dispatch=4 ;;
+    *) echo "unknown stage $stage (jax, torch, isic)"; exit 2 ;;
+  esac
+done
+ls -l "$OUT"
