@@ -23,11 +23,16 @@ from lesion_jax.errors import MissingPathError
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   # Training saves asynchronously: the state is copied to the host, then written while the
   # next steps run. A save finishes before the next one starts and before the run ends.
+  # The latest and best managers can save at once; with several processes their barriers must
+  # not share names ("Barrier _async_write_complete.3 is already ongoing", then a hang).
+  prefix = os.path.basename(os.path.normpath(directory))
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=not read_only),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=not read_only, read_only=read_only,
+          enable_async_checkpointing=not read_only,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=prefix)),
       item_names=("state", "meta"))
 
 

@@ -53,10 +53,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train = ("synthetic_lesions/dermoscopic",)
   # Datasets whose `test` split is reported, each separately (Table 3). Empty: the train datasets.
   config.data.test = ()
-  config.data.image_size = 512  # the paper resizes to 512x512
+  # Model input size: S (square, the paper's 512x512) or (height, width), e.g. (192, 256) for
+  # ISIC's 4:3 images. Both sides must be multiples of the model's stride.
+  config.data.image_size = ml_collections.FieldReference(512, field_type=object)
   # Augmentation (paper 2.2), drawn per example on the device (lesion_jax/augment.py).
   config.data.flip = True  # horizontal and vertical flips
   config.data.rotate = True  # quarter turns (half turns for images that are not square)
+  # More augmentation (off by default), drawn per example after the flips and turns.
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.scale = (1.0, 1.0)  # random zoom range, aspect kept (e.g. (0.8, 1.25))
+  config.data.augment.rotation_degrees = 0.0  # rotation by any angle in +-this
+  config.data.augment.elastic_pixels = 0.0  # elastic (grid) distortion of up to this many pixels
+  config.data.augment.elastic_grid = 4  # its control points per side
+  config.data.augment.brightness = 0.0  # colour factors drawn in 1 +- strength
+  config.data.augment.contrast = 0.0
+  config.data.augment.saturation = 0.0
+  config.data.augment.hue = 0.0  # hue rotation of up to +-this many turns (e.g. 0.05)
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
   config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
   # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
@@ -65,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
   # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
   # so training does not decode large JPEGs every epoch. None: native resolution.
-  config.data.stored_size = config_dict.placeholder(int)
+  config.data.stored_size = ml_collections.FieldReference(None, field_type=object)
   # The synthetic builder's settings (count, stored size, seed) for synthetic_lesions/*.
   config.data.synthetic = ml_collections.ConfigDict(
       dict(num_images=300, image_size=256, seed=0))
@@ -120,6 +132,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = config_dict.placeholder(int)  # also mid-epoch; None: per eval
   # Also a latest checkpoint at least this often (long epochs; a SIGKILL loses at most this).
   config.checkpoint.every_seconds = config_dict.placeholder(float)
+
+  config.evaluation = ml_collections.ConfigDict()
+  # Test-time augmentation of the final evaluation (threshold search, test metrics, overlays)
+  # and of `lesion_jax.predict`: 'none', 'flips' (4 copies) or 'dihedral' (8 on square images,
+  # the 4 flips otherwise), probabilities averaged before the threshold. Validation during
+  # training, which chooses the checkpoint, stays without.
+  config.evaluation.tta = "none"
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
@@ -214,6 +233,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
       value = value[part]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+  from lesion_jax import augment
+  try:
+    augment.AugmentOptions.from_config(config)
+  except (ValueError, TypeError) as error:
+    raise ConfigError(f"config.data.augment: {error}") from None
+  from lesion_jax import inference
+  if config.evaluation.tta not in inference.TTA_CHOICES:
+    raise ConfigError(f"config.evaluation.tta must be one of {inference.TTA_CHOICES}, got "
+                      f"{config.evaluation.tta!r}")
   if config.training.steps_per_dispatch is not None and config.training.steps_per_dispatch < 1:
     raise ConfigError("config.training.steps_per_dispatch must be >= 1 (or None for the "
                       f"backend's default), got {config.training.steps_per_dispatch}")
@@ -247,9 +275,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
     raise MissingPathError(f"config.init_from={config.init_from!r}: no such run folder")
   # Building the module is cheap (no parameters yet) and checks the model's own arguments.
+  from lesion_jax.data import pipeline
+  height, width = pipeline.image_shape(config.data.image_size)
+  if config.data.stored_size is not None:
+    pipeline.image_shape(config.data.stored_size, "config.data.stored_size")
   try:
     model = models_from_config(config)
-    models.check_input_size(model, config.data.image_size, config.data.image_size)
+    models.check_input_size(model, height, width)
   except ValueError as error:
     if isinstance(error, ConfigError):
       raise

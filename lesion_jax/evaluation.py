@@ -117,7 +117,8 @@ def image_ids(source, indices: np.ndarray) -> list[str]:
 
 
 def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: dict,
-                  test_sources: dict, model, variables, size, num_overlays: int) -> None:
+                  test_sources: dict, model, variables, size, num_overlays: int,
+                  tta: str = "none") -> None:
   """results.md, the curves, per_image.csv and the overlays of the best and worst test images."""
   report.write_run_report(workdir, results, ja_curve=ja_curve,
                           thresholds=metrics_lib.THRESHOLDS)
@@ -127,7 +128,7 @@ def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: 
   for name, (evaluation, image_metrics) in per_image.items():
     picks = report.overlay_picks(image_metrics["ja"], num_overlays)
     examples = [test_sources[name][int(evaluation.index[p])] for _, _, p in picks]
-    probs = inference.predict_examples(model, variables, examples, size)
+    probs = inference.predict_examples(model, variables, examples, size, tta)
     report.write_overlays(workdir, name, picks, examples, probs, image_metrics["ja"],
                           size, results["threshold"])
 

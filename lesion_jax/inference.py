@@ -39,38 +39,77 @@ def model_variables(variables: Mapping[str, Any]) -> dict:
   return out
 
 
-def forward(apply_fn: Callable, variables: Mapping[str, Any],
-            images: jax.Array) -> tuple[jax.Array, jax.Array]:
+# Test-time augmentation: the probabilities averaged over transformed copies of each image,
+# each mapped back first. 'flips': the 4 flips; 'dihedral': the 8 symmetries of the square (the
+# 4 flips for images that are not square, since a quarter turn would change their shape).
+TTA_CHOICES = ("none", "flips", "dihedral")
+
+
+def tta_transforms(tta: str, square: bool) -> list[tuple[bool, bool, bool]]:
+  """(flip rows, flip columns, transpose) of each copy; the identity first."""
+  if tta not in TTA_CHOICES:
+    raise ValueError(f"tta must be one of {TTA_CHOICES}, got {tta!r}")
+  if tta == "none":
+    return [(False, False, False)]
+  flips = [(rows, columns, False) for rows in (False, True) for columns in (False, True)]
+  if tta == "flips" or not square:
+    return flips
+  return flips + [(rows, columns, True) for rows, columns, _ in flips]
+
+
+def transform(x, flip_rows: bool, flip_columns: bool, transpose: bool):
+  """A (B, H, W, ...) batch flipped, then transposed (works on jnp and NumPy arrays)."""
+  x = x[:, :, ::-1] if flip_columns else x
+  x = x[:, ::-1] if flip_rows else x
+  return x.swapaxes(1, 2) if transpose else x
+
+
+def untransform(x, flip_rows: bool, flip_columns: bool, transpose: bool):
+  """The inverse of `transform`."""
+  x = x.swapaxes(1, 2) if transpose else x
+  x = x[:, ::-1] if flip_rows else x
+  return x[:, :, ::-1] if flip_columns else x
+
+
+def forward(apply_fn: Callable, variables: Mapping[str, Any], images: jax.Array,
+            tta: str = "none") -> tuple[jax.Array, jax.Array]:
   """(B, H, W, 3) RGB pixels (uint8, 0-255) -> (logits, float32 sigmoid probabilities), each
-  (B, H, W, 1); evaluation needs both (its loss takes the logits).
+  (B, H, W, 1); evaluation needs both (its loss takes the logits of the image as it is).
 
   Pure and jittable. The sigmoid is taken in float32: bfloat16 steps by 0.004 in [0.5, 1),
-  which would blur the 0.01 grid of the threshold search.
+  which would blur the 0.01 grid of the threshold search. With `tta`, the probabilities are
+  the mean over the transformed copies (standardisation does not depend on the pixels' order).
   """
-  logits = apply_fn(model_variables(variables), standardize(images), train=False)
-  return logits, jax.nn.sigmoid(logits.astype(jnp.float32))
+  variables, standardized = model_variables(variables), standardize(images)
+  logits = apply_fn(variables, standardized, train=False)
+  probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+  copies = tta_transforms(tta, images.shape[1] == images.shape[2])
+  for choice in copies[1:]:
+    copy = apply_fn(variables, transform(standardized, *choice), train=False)
+    probs = probs + untransform(jax.nn.sigmoid(copy.astype(jnp.float32)), *choice)
+  return logits, probs / len(copies)
 
 
-def probabilities(apply_fn: Callable, variables: Mapping[str, Any],
-                  images: jax.Array) -> jax.Array:
+def probabilities(apply_fn: Callable, variables: Mapping[str, Any], images: jax.Array,
+                  tta: str = "none") -> jax.Array:
   """(B, H, W, 3) RGB pixels -> (B, H, W, 1) float32 lesion probabilities."""
-  return forward(apply_fn, variables, images)[1]
+  return forward(apply_fn, variables, images, tta)[1]
 
 
 @functools.lru_cache(maxsize=16)
-def jitted_probabilities(model) -> Callable:
+def jitted_probabilities(model, tta: str = "none") -> Callable:
   """`probabilities` of `model` as one jitted function of (variables, images).
 
   One per model setting (flax modules compare by their fields). The variables are an
   argument, not constants baked into the program: a 41M-parameter model would otherwise
   compile slowly.
   """
-  return jax.jit(functools.partial(probabilities, model.apply))
+  return jax.jit(functools.partial(probabilities, model.apply, tta=tta))
 
 
 def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarray,
-                          batch_size: int | None = None,
-                          compiled: Callable | None = None) -> np.ndarray:
+                          batch_size: int | None = None, compiled: Callable | None = None,
+                          tta: str = "none") -> np.ndarray:
   """(N, H, W, 3) uint8 RGB images at the model's size -> (N, H, W) float32 probabilities.
 
   With `batch_size`, images go through in batches of exactly that size, the last one padded
@@ -80,7 +119,7 @@ def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarra
   images = np.asarray(images)
   if batch_size is None or len(images) == 0:
     batch_size = max(1, len(images))
-  apply = compiled or jitted_probabilities(model)
+  apply = compiled or jitted_probabilities(model, tta)
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
@@ -91,7 +130,7 @@ def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarra
 
 
 def predict_examples(model, variables: Mapping[str, Any], examples: Sequence[Mapping[str, Any]],
-                     size) -> np.ndarray:
+                     size, tta: str = "none") -> np.ndarray:
   """(N, H, W) probabilities of raw dataset examples, resized as evaluation resizes them."""
   from lesion_jax.data import pipeline
 
@@ -99,8 +138,9 @@ def predict_examples(model, variables: Mapping[str, Any], examples: Sequence[Map
   if not examples:
     return np.zeros((0, height, width), np.float32)
   images = np.stack([pipeline.prepare_example(e, size)["image"] for e in examples])
-  return predict_probabilities(model, variables, images)
+  return predict_probabilities(model, variables, images, tta=tta)
 
 
-__all__ = ["forward", "jitted_probabilities", "model_variables", "predict_examples",
-           "predict_probabilities", "probabilities", "standardize"]
+__all__ = ["TTA_CHOICES", "forward", "jitted_probabilities", "model_variables",
+           "predict_examples", "predict_probabilities", "probabilities", "standardize",
+           "transform", "tta_transforms", "untransform"]

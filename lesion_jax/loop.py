@@ -82,18 +82,22 @@ class LoopState:
 class Clock:
   """Training time and images/s, excluding compilation, evaluation and saving."""
 
-  def __init__(self, seconds_before: float, global_batch: int):
+  def __init__(self, seconds_before: float, global_batch: int, untimed_calls: int = 1):
     self.seconds_before = seconds_before
     self.global_batch = global_batch
+    # The clock starts once the first call (and its compilation) is done; a benchmark also
+    # leaves out a few warm-up calls.
+    self.untimed_calls = untimed_calls
     self.start: float | None = None
     self.images = 0
     self.paused_seconds = 0.0
 
   def steps_done(self, step_metrics: Any, num_steps: int = 1) -> None:
     if self.start is None:
-      # The clock starts once the first call (and its compilation) is done.
-      jax.block_until_ready(step_metrics)
-      self.start = time.perf_counter()
+      self.untimed_calls -= 1
+      if self.untimed_calls <= 0:
+        jax.block_until_ready(step_metrics)
+        self.start = time.perf_counter()
     else:
       self.images += self.global_batch * num_steps
 
@@ -204,7 +208,7 @@ class LossMonitor:
       self._check(step, loss)
     last_step = self.pending[-1][0]
     values = {"loss": float(losses.mean()),
-              "learning_rate": float(self.run.schedule(last_step - 1))}
+              "learning_rate": float(self.run.learning_rate(np.int32(last_step - 1)))}
     images_per_second = self.clock.images_per_second()
     if images_per_second is not None:
       values["images_per_second"] = images_per_second
@@ -270,11 +274,6 @@ def progress_bar(total: int, initial: int = 0, desc: str = ""):
               disable=not parallel.is_main_process(), mininterval=1.0)
 
 
-def first_replica(replicated: Any) -> Any:
-  """The variables on the first device, still on it (for predictions on the main process)."""
-  return jax.tree.map(lambda x: x[0], replicated)
-
-
 def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: MetricWriter,
              progress) -> None:
   """Validation JA at threshold 0.5 (the search comes after training); keeps the best."""
@@ -325,19 +324,20 @@ def _calls(run: "RunSetup", plan: list[tuple[int, int]]) -> Iterator[dict]:
   return parallel.prefetch_to_devices(host_calls(), run.devices)
 
 
-def train_loop(run: "RunSetup", replicated, loop: LoopState,
-               stop: preemption.StopRequest) -> tuple[Any, int]:
+def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.StopRequest,
+               untimed_calls: int = 1) -> tuple[Any, int]:
   """Trains from `run.start_step` to the end or an early stop; returns (state, last step).
 
   Raises errors.TrainingDiverged when the loss diverges, and errors.RunStopped after saving the
-  step it reached when SIGTERM or SIGINT arrives (`stop`).
+  step it reached when SIGTERM or SIGINT arrives (`stop`). Images/s leave out the first
+  `untimed_calls` calls (compilation; a benchmark's warm-up).
   """
   step = run.start_step
   if loop.should_stop or step >= run.total_steps:
     return replicated, step
   config = run.config
   writer = MetricWriter(run.workdir, start_step=step)
-  clock = Clock(loop.train_seconds, run.global_batch)
+  clock = Clock(loop.train_seconds, run.global_batch, untimed_calls)
   losses = LossMonitor(run, writer, clock, loop)
   timer = SaveTimer(config.checkpoint.every_seconds, config.training.log_every_steps)
   progress = progress_bar(total=run.total_steps, initial=step, desc="train")
@@ -393,7 +393,7 @@ def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int
   if not writer.enabled or count <= 0:
     return
   examples = [run.validation[i] for i in range(count)]
-  state = first_replica(replicated)
+  state = parallel.unreplicate(replicated)
   probs = inference.predict_examples(
       run.model, {"params": state.params, "batch_stats": state.batch_stats}, examples,
       run.image_size)

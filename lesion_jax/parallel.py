@@ -54,8 +54,17 @@ def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """The copy on the first device, fetched to the host (replicas are identical)."""
-  return jax.device_get(jax_utils.unreplicate(tree))
+  """The copy on the first device, fetched to the host (replicas are identical).
+
+  Read from each array's first shard: indexing `x[0]` on the device would compile one small
+  program per leaf shape (~40 for a MobileNetV2 train state, seconds on a CPU, at the first
+  save of every run).
+  """
+  def first(x):
+    if isinstance(x, jax.Array) and x.ndim and x.addressable_shards:
+      return np.asarray(jax.device_get(x.addressable_shards[0].data))[0]
+    return np.asarray(jax.device_get(x))[0]
+  return jax.tree.map(first, tree)
 
 
 def mapped_devices(devices: Sequence[jax.Device]) -> list[jax.Device]:

@@ -20,6 +20,10 @@ of `lesion_jax.export` with the LiteRT interpreter instead (needs `ai-edge-liter
 (FILE.tflite.json, or the description embedded in the file) must give the run's input size.
 `--workdir` may then be left out: the sidecar gives the size and threshold.
 
+`--tta flips|dihedral` averages the probabilities over flipped (and, for square inputs,
+turned) copies of each image; by default a JAX model uses the run's `config.evaluation.tta`, so
+its masks match the run's reported metrics, and a TFLite model none.
+
 Inputs: files and folders (a folder's images with the usual extensions, not recursive; other
 files are skipped). Grey, RGBA, palette, 16-bit and CMYK images are converted to 8-bit RGB, with
 a note saying so. Pixels are read as stored: EXIF orientation is not applied, so masks line up
@@ -132,7 +136,7 @@ def image_id(path: pathlib.Path) -> str:
 # Models.
 
 class Segmenter(Protocol):
-  image_size: int
+  image_size: tuple[int, int]  # (height, width)
   threshold: float
   description: str
 
@@ -147,21 +151,25 @@ class JaxSegmenter:
   so every call has one shape and the function compiles once.
   """
 
-  def __init__(self, run, batch_size: int | None = None):
+  def __init__(self, run, batch_size: int | None = None, tta: str | None = None):
     import jax
 
     from lesion_jax import inference
 
+    # By default the run's own test-time augmentation, so masks match its reported metrics.
+    self.tta = tta or run.config.get("evaluation", {}).get("tta", "none")
     self.image_size = run.image_size
     self.threshold = run.threshold
     self.batch_size = int(batch_size or run.config.batch_size_per_device)
     if self.batch_size < 1:
       raise PredictError(f"--batch_size must be >= 1, got {self.batch_size}")
     self.description = (f"JAX model {run.config.model.name} of {run.workdir} "
-                        f"(checkpoint step {run.meta.get('step', '?')})")
+                        f"(checkpoint step {run.meta.get('step', '?')}; test-time "
+                        f"augmentation: {self.tta})")
     self.model, self.variables = run.model, run.variables
     # Its own compiled function: one compilation serves every batch (tested).
-    self.predict = jax.jit(functools.partial(inference.probabilities, run.model.apply))
+    self.predict = jax.jit(functools.partial(inference.probabilities, run.model.apply,
+                                             tta=self.tta))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     from lesion_jax import inference
@@ -190,9 +198,11 @@ def read_sidecar(model_path: pathlib.Path) -> dict | None:
 class TFLiteSegmenter:
   """An exported .tflite model run one image at a time with the LiteRT interpreter."""
 
-  def __init__(self, model_path: pathlib.Path, expected_size: int | None,
-               run_threshold: float | None, workdir: str | None):
+  def __init__(self, model_path: pathlib.Path, expected_size: tuple[int, int] | None,
+               run_threshold: float | None, workdir: str | None, tta: str | None = None):
     from lesion_jax import export
+
+    self.tta = tta or "none"
 
     if not model_path.is_file():
       raise PredictError(f"--model {model_path}: no such file")
@@ -205,11 +215,11 @@ class TFLiteSegmenter:
         raise PredictError(f"--model {model_path} outputs binary masks (exported with "
                            "--with_threshold); predict needs probabilities: export it again "
                            "without --with_threshold")
-      size = int(described["image_size"])
+      size = pipeline.image_shape(described["image_size"], f"{model_path}: image_size")
       if expected_size is not None and size != expected_size:
         raise PredictError(
-            f"--model {model_path} takes {size}x{size} images (its sidecar says so) but the run "
-            f"in {workdir} was trained at {expected_size}x{expected_size}: it is a model of "
+            f"--model {model_path} takes {_size_text(size)} images (its sidecar says so) but "
+            f"the run in {workdir} was trained at {_size_text(expected_size)}: it is a model of "
             "another input size; export this run again, or pass the --workdir it came from")
     else:
       size = expected_size
@@ -218,10 +228,10 @@ class TFLiteSegmenter:
     except export.ExportError as error:
       raise PredictError(str(error)) from None
     (detail,) = self.interpreter.get_input_details()
-    if tuple(detail["shape"]) != (1, size, size, 3) or detail["dtype"] != np.uint8:
+    if tuple(detail["shape"]) != (1, *size, 3) or detail["dtype"] != np.uint8:
       raise PredictError(f"--model {model_path} takes {tuple(detail['shape'])} "
-                         f"{np.dtype(detail['dtype']).name} input; expected (1, {size}, {size}, "
-                         "3) uint8, as lesion_jax.export writes")
+                         f"{np.dtype(detail['dtype']).name} input; expected {(1, *size, 3)} "
+                         "uint8, as lesion_jax.export writes")
     self.image_size = size
     if run_threshold is not None:
       self.threshold = run_threshold
@@ -230,13 +240,26 @@ class TFLiteSegmenter:
     else:
       self.threshold = DEFAULT_THRESHOLD
     quantization = described.get("quantization", "?") if described else "?"
-    self.description = f"TFLite model {model_path} (quantization {quantization})"
+    self.description = (f"TFLite model {model_path} (quantization {quantization}; test-time "
+                        f"augmentation: {self.tta})")
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
-    from lesion_jax import export
+    """Each image through the interpreter; with `tta`, each of its copies, averaged."""
+    from lesion_jax import export, inference
 
-    return np.stack([export.run_interpreter(self.interpreter, image[None])[0, ..., 0]
-                     for image in images]).astype(np.float32)
+    copies = inference.tta_transforms(self.tta, images.shape[1] == images.shape[2])
+    total = np.zeros(images.shape[:3], np.float32)
+    for choice in copies:
+      moved = inference.transform(images, *choice)
+      probs = np.stack([export.run_interpreter(self.interpreter, image[None])[0, ..., 0]
+                        for image in moved]).astype(np.float32)
+      total += inference.untransform(probs, *choice)
+    return total / len(copies)
+
+
+def _size_text(size: tuple[int, int]) -> str:
+  """(height, width) as people write image sizes: width x height."""
+  return f"{size[1]}x{size[0]}"
 
 
 def _run_threshold(workdir: str) -> tuple[float | None, str | None]:
@@ -248,8 +271,8 @@ def _run_threshold(workdir: str) -> tuple[float | None, str | None]:
     return float(json.load(f)["threshold"]), None
 
 
-def load_segmenter(workdir: str | None, model_path: str | None,
-                   batch_size: int | None = None) -> tuple[Segmenter, list[str]]:
+def load_segmenter(workdir: str | None, model_path: str | None, batch_size: int | None = None,
+                   tta: str | None = None) -> tuple[Segmenter, list[str]]:
   """The model to segment with, and notes for the user; PredictError when it cannot be used."""
   from lesion_jax import runs
 
@@ -264,13 +287,14 @@ def load_segmenter(workdir: str | None, model_path: str | None,
     size = threshold = None
     if workdir is not None:
       try:
-        size = int(runs.read_config(workdir).data.image_size)
+        size = pipeline.image_shape(runs.read_config(workdir).data.image_size)
       except FileNotFoundError as error:
         raise PredictError(str(error)) from None
       threshold, note = _run_threshold(workdir)
       if note:
         notes.append(note + "; using the threshold in the model's sidecar")
-    return TFLiteSegmenter(pathlib.Path(model_path).expanduser(), size, threshold, workdir), notes
+    return TFLiteSegmenter(pathlib.Path(model_path).expanduser(), size, threshold, workdir,
+                           tta), notes
   try:
     run = runs.load_run(workdir)
   except FileNotFoundError as error:
@@ -278,7 +302,7 @@ def load_segmenter(workdir: str | None, model_path: str | None,
   if not run.results:
     notes.append(f"{workdir} has no results.json (unfinished run): thresholding at "
                  f"{DEFAULT_THRESHOLD}")
-  return JaxSegmenter(run, batch_size), notes
+  return JaxSegmenter(run, batch_size, tta), notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--truth", help="folder of ground-truth masks: print the ISIC metrics")
   parser.add_argument("--batch_size", type=int, default=None,
                       help="images per JAX call (default: the run's batch_size_per_device)")
+  parser.add_argument("--tta", choices=("none", "flips", "dihedral"), default=None,
+                      help="test-time augmentation: probabilities averaged over flipped (and "
+                           "turned) copies (default: the run's config.evaluation.tta; for "
+                           "--model without --workdir, none)")
   args = parser.parse_args(argv)
 
   def report(line: str) -> None:
@@ -424,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.truth and not os.path.isdir(args.truth):
       raise PredictError(f"--truth {args.truth}: no such folder")
     with _quiet_libraries():
-      segmenter, notes = load_segmenter(args.workdir, args.model, args.batch_size)
+      segmenter, notes = load_segmenter(args.workdir, args.model, args.batch_size, args.tta)
   except PredictError as error:
     report(f"error: {error}")
     return 2

@@ -18,6 +18,7 @@ import ml_collections
 
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import config as config_lib
+from lesion_jax.data import pipeline
 from lesion_jax.errors import MissingPathError
 
 
@@ -31,8 +32,9 @@ class Run:
   results: dict | None  # results.json, when the run has finished
 
   @property
-  def image_size(self) -> int:
-    return int(self.config.data.image_size)
+  def image_size(self) -> tuple[int, int]:
+    """(height, width) of the model's inputs."""
+    return pipeline.image_shape(self.config.data.image_size)
 
   @property
   def threshold(self) -> float:
@@ -49,11 +51,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def abstract_variables(model, image_size: int) -> dict:
+def abstract_variables(model, image_size) -> dict:
   """Zero-filled {'params', 'batch_stats'} of the right shapes, as a restore target."""
   shapes = jax.eval_shape(
       lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-      jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+      jax.ShapeDtypeStruct((1, *pipeline.image_shape(image_size), 3), jnp.float32))
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
 
@@ -63,7 +65,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   workdir = os.path.expanduser(workdir)
   config = read_config(workdir)
   model = config_lib.models_from_config(config)
-  target = abstract_variables(model, int(config.data.image_size))
+  target = abstract_variables(model, config.data.image_size)
   variables, meta = checkpoint_lib.restore_variables(workdir, target, step=step)
   results = None
   results_path = os.path.join(workdir, "results.json")

@@ -82,14 +82,16 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], loss_fn: Ca
 
 
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], loss_fn: Callable,
-              thresholds: jax.Array) -> dict:
+              thresholds: jax.Array, tta: str = "none") -> dict:
   """Per-image confusion counts at every threshold of the grid, and per-image losses.
 
   Counts rather than scores are returned so the host can form exact ISIC metrics for any
-  threshold and drop the padded images of the last batch.
+  threshold and drop the padded images of the last batch. `tta` averages the probabilities
+  over flipped (and turned) copies (inference.TTA_CHOICES).
   """
   logits, probs = inference.forward(
-      state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+      state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+      tta)
   return {
       "counts": metrics_lib.confusion_counts_at_thresholds(probs, batch["mask"], thresholds),
       "loss": loss_fn(logits, batch["mask"]),
@@ -121,6 +123,15 @@ def _optimizer(total_steps: int, steps_per_epoch: int, optimizer_settings: str,
 
 
 @functools.lru_cache(maxsize=16)
+def _jitted_schedule(schedule: Callable) -> Callable:
+  """The learning-rate schedule as one compiled function, compiled here: evaluated op by op,
+  the first logging step would compile a dozen small programs in the middle of training."""
+  jitted = jax.jit(schedule)
+  jitted(jnp.zeros((), jnp.int32)).block_until_ready()
+  return jitted
+
+
+@functools.lru_cache(maxsize=16)
 def _jitted_init(model):
   return jax.jit(functools.partial(model.init, train=False))
 
@@ -147,10 +158,10 @@ def compiler_options(config: ml_collections.ConfigDict, model, platform: str) ->
 
 
 @functools.lru_cache(maxsize=8)
-def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, devices: tuple,
-                   compiler_options: tuple) -> tuple:
-  """The pmapped train step, k-step train call and eval step, kept for the next run in this
-  process.
+def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, tta: str,
+                   devices: tuple, compiler_options: tuple) -> tuple:
+  """The pmapped train step, k-step train call, eval step and final eval step (with `tta`),
+  kept for the next run in this process.
 
   A sweep, a transfer experiment or a test session trains many runs in one process; runs of
   the same model then reuse JAX's traced and compiled steps instead of tracing, lowering and
@@ -164,10 +175,10 @@ def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, d
       functools.partial(train_steps, loss_fn=loss_fn, augment_options=augment_options),
       list(devices), options)
   thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
-  p_eval = parallel.pmap_eval_step(
-      functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds), list(devices),
-      options)
-  return p_train, p_train_steps, p_eval
+  p_eval, p_eval_final = (parallel.pmap_eval_step(
+      functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds, tta=mode),
+      list(devices), options) for mode in ("none", tta))
+  return p_train, p_train_steps, p_eval, p_eval_final
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,10 +201,12 @@ class RunSetup:
   eval_every: int  # steps
   steps_per_dispatch: int
   schedule: Callable[[int], Any]
+  learning_rate: Callable[[int], Any]  # the schedule jitted once, for logging
   num_params: int
   p_train: Callable  # one step per call
   p_train_steps: Callable  # k steps per call (lax.scan), for steps_per_dispatch > 1
-  p_eval: Callable
+  p_eval: Callable  # validation during training
+  p_eval_final: Callable  # the threshold search and the test metrics: config.evaluation.tta
   checkpoints: checkpoint_lib.RunCheckpoints
   state: TrainState  # fresh, initialised from elsewhere, or restored (host)
   loop: loop_lib.LoopState
@@ -287,9 +300,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
   state, loop = _initial_state(config, workdir, state, checkpoints)
   options = compiler_options(config, model, devices[0].platform)
-  p_train, p_train_steps, p_eval = _pmapped_steps(
+  p_train, p_train_steps, p_eval, p_eval_final = _pmapped_steps(
       losses_lib.get_loss(config.loss), augment.AugmentOptions.from_config(config),
-      tuple(devices), tuple(sorted(options.items())))
+      config.evaluation.tta, tuple(devices), tuple(sorted(options.items())))
   validation, train_batches = _training_data(config, datasets, devices)
   num_params = models_lib.count_params(model, (1, *size, 3))
   logging.info("%s: %s parameters; %d steps per epoch of %d images; %d devices; %d steps",
@@ -300,8 +313,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
       datasets=datasets, validation=validation, train_batches=train_batches,
       global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=eval_every, steps_per_dispatch=steps_per_dispatch(config, devices[0].platform),
-      schedule=schedule, num_params=num_params, p_train=p_train, p_train_steps=p_train_steps,
-      p_eval=p_eval, checkpoints=checkpoints, state=state, loop=loop,
+      schedule=schedule, learning_rate=_jitted_schedule(schedule), num_params=num_params, p_train=p_train, p_train_steps=p_train_steps,
+      p_eval=p_eval, p_eval_final=p_eval_final, checkpoints=checkpoints, state=state, loop=loop,
       start_step=int(state.step))
 
 
@@ -318,11 +331,12 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
   run.checkpoints.close()
   replicated = parallel.replicate(
       trained.replace(params=best["params"], batch_stats=best["batch_stats"]), run.devices)
-  validation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation, run.image_size,
-                                       **run.eval_kwargs)
+  validation = evaluation_lib.evaluate(run.p_eval_final, replicated, run.validation,
+                                       run.image_size, **run.eval_kwargs)
   threshold, t_index, ja_curve = evaluation_lib.threshold_search(validation)
   test_results, per_image = evaluation_lib.test_metrics(
-      run.p_eval, replicated, run.datasets.test, run.image_size, t_index, run.eval_kwargs)
+      run.p_eval_final, replicated, run.datasets.test, run.image_size, t_index,
+      run.eval_kwargs)
   results = {
       "model": {"name": run.config.model.name, "params": int(run.num_params)},
       "loss": run.config.loss,
@@ -345,7 +359,7 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
   if parallel.is_main_process():
     evaluation_lib.write_reports(run.workdir, results, ja_curve, per_image, run.datasets.test,
                                  run.model, best, run.image_size,
-                                 run.config.report.num_overlays)
+                                 run.config.report.num_overlays, run.config.evaluation.tta)
   evaluation_lib.write_results(run.workdir, results)
   return results
 

@@ -128,6 +128,41 @@ def test_isic_test_ids_from_the_csv_take_their_images_from_2018(tmp_path):
   assert {names[l] for _, _, l in encoded(builder, "test").values()} <= set(fx.ISIC_LABELS)
 
 
+def test_isic_official_protocol_keeps_the_2017_challenge_splits(tmp_path):
+  fixture = fx.write_isic(tmp_path / "manual")
+  builder = fx.build(isic.Isic, fixture.root, tmp_path / "data", protocol="official")
+  assert builder.builder_config.name == "native_official"
+  ids = split_ids(builder)
+  # Each release as published: no other year, no deduplication across years.
+  assert ids["train"] == [fx.isic_id(n) for n in sorted(fx.ISIC_IDS["2017_train"])]
+  assert ids["validation"] == [fx.isic_id(n) for n in sorted(fx.ISIC_IDS["2017_val"])]
+  assert ids["test"] == fixture.test_ids
+  # Without the test archives: an empty test split, and a warning naming the archives.
+  fixture = fx.write_isic(tmp_path / "manual2", ["2016", "2017_train", "2017_val", "2018"])
+  with fx.captured_logs() as logs:
+    builder = fx.build(isic.Isic, fixture.root, tmp_path / "data2", protocol="official")
+  assert split_ids(builder)["test"] == [] and "ISIC-2017_Test_v2_Data.zip" in "\n".join(logs)
+
+
+def test_isic_official_dev_protocol_splits_the_training_set_and_tests_on_validation(tmp_path):
+  fixture = fx.write_isic(tmp_path / "manual")
+  builder = fx.build(isic.Isic, fixture.root, tmp_path / "data", protocol="official_dev",
+                     image_size=(12, 16))
+  assert builder.builder_config.name == "resized_12x16_official_dev"
+  ids = split_ids(builder)
+  assert sorted(ids["train"] + ids["validation"]) == [
+      fx.isic_id(n) for n in sorted(fx.ISIC_IDS["2017_train"])]
+  assert len(ids["validation"]) == round(0.1 * len(fx.ISIC_IDS["2017_train"]))
+  assert ids["test"] == [fx.isic_id(n) for n in sorted(fx.ISIC_IDS["2017_val"])]
+  example = next(iter(fx.read_split(builder, "test").values()))
+  assert example["image"].shape == (12, 16, 3) and example["mask"].shape == (12, 16, 1)
+  with pytest.raises(ValueError, match="protocol must be one of"):
+    isic.Isic(data_dir=str(tmp_path), protocol="challenge")
+  fixture = fx.write_isic(tmp_path / "only_train", ["2017_train"])
+  with pytest.raises(FileNotFoundError, match="ISIC-2017_Validation_Data.zip"):
+    fx.build(isic.Isic, fixture.root, tmp_path / "data3", protocol="official_dev")
+
+
 # --------------------------------------------------------------------------------------------
 # PH2, Dermofit, SMARTSKINS
 

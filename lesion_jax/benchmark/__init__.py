@@ -153,7 +153,7 @@ class _Bench:
     bench = self.config.benchmark
     model = setting.create(dtype, bn_axis_name=parallel.AXIS_NAME)
     loop_ips = measure_loop(self.config, model, setting.name, dtype, devices=self.devices,
-                            steps=bench.warmup_steps + bench.steps,
+                            warmup_steps=bench.warmup_steps, steps=bench.steps,
                             num_images=bench.pipeline_images)
     step_ips = row.get("train_images_per_s")
     return {"loop_images_per_s": loop_ips,

@@ -273,15 +273,19 @@ def loop_config(config: ml_collections.ConfigDict, model_name: str, dtype: str, 
 
 
 def measure_loop(config: ml_collections.ConfigDict, model, model_name: str, dtype: str, *,
-                 devices: Sequence[jax.Device], steps: int, num_images: int) -> float:
+                 devices: Sequence[jax.Device], warmup_steps: int, steps: int,
+                 num_images: int) -> float:
   """Images/s of the real training loop (`loop.train_loop`, the code path of train.py): the
-  input pipeline, augmentation, the step, loss checks, logging and the progress bar. As a
-  run's own images/s, it excludes the first (compiling) step and the final save."""
-  run_config = loop_config(config, model_name, dtype, steps + 1, num_images)
+  input pipeline, augmentation, the step, loss checks, logging and the progress bar. Timed as
+  the step alone is: after the compiling call and `warmup_steps` more calls, for `steps` calls
+  (of config.training.steps_per_dispatch steps each)."""
+  per_call = train.steps_per_dispatch(config, devices[0].platform)
+  run_config = loop_config(config, model_name, dtype, per_call * (1 + warmup_steps + steps),
+                           num_images)
   with tempfile.TemporaryDirectory() as workdir:
     run = train.setup_run(run_config, workdir, list(devices), model=model)
     replicated = parallel.replicate(run.state, devices)
     with preemption.StopRequest() as stop:
-      loop_lib.train_loop(run, replicated, run.loop, stop)
-    run.checkpoints.close()
+      loop_lib.train_loop(run, replicated, run.loop, stop, untimed_calls=1 + warmup_steps)
+  run.checkpoints.close()
   return run.loop.images_per_second

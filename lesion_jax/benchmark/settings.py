@@ -10,6 +10,7 @@ import ml_collections
 from lesion_jax import config as config_lib
 from lesion_jax import models as models_lib
 from lesion_jax import parallel
+from lesion_jax.data import pipeline
 from lesion_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +92,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[list[ModelSetting], lis
                      "--num_processes or srun over several tasks)")
   settings = model_settings(config)
   dtypes = compute_dtypes(config)
-  size = config.data.image_size
+  height, width = pipeline.image_shape(config.data.image_size)
   for setting in settings:
     for dtype in dtypes:
-      models_lib.check_input_size(setting.create(dtype), size, size)
+      models_lib.check_input_size(setting.create(dtype), height, width)
   return settings, dtypes

@@ -4,6 +4,14 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+def _size(value: Any) -> str:
+  """An image size as width x height (a square S gives SxS)."""
+  if value is None:
+    return "?"
+  height, width = (value, value) if isinstance(value, int) else value
+  return f"{width}x{height}"
+
+
 def _num(value: Any, fmt: str) -> str:
   return "-" if value is None else format(value, fmt)
 
@@ -68,7 +76,7 @@ def markdown(rows: Sequence[dict], env: dict, notes: Sequence[str] = ()) -> str:
       f"Device: **{env['device_kind']}** ({env['platform']}), {first.get('devices', '?')} "
       f"of {env['local_devices']} local device(s); JAX {env['jax_version']}; "
       f"host CPUs: {env['host_cpus']}; Python {env['python']}.",
-      f"Image size {first.get('image_size', '?')}x{first.get('image_size', '?')}, "
+      f"Image size {_size(first.get('image_size'))}, "
       f"batch {first.get('batch_per_device', '?')} per device unless a sweep says otherwise. "
       "Steady-state images/s exclude compilation (median step time; p10-p90 in brackets).",
   ]

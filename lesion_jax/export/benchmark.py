@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lesion_jax.data import pipeline
 from lesion_jax.export.parity import median_latency_ms
 from lesion_jax.export.tflite import (PROBABILITY_OUTPUT, QUANTIZATIONS, convert_to_tflite,
                                       for_export, inference_function, load_interpreter)
 
-def benchmark(image_size: int = 512, alpha: float = 0.35, runs: int = 20,
+def benchmark(image_size=512, alpha: float = 0.35, runs: int = 20,
               quantizations: Sequence[str] = ("none", "float16", "dynamic_int8"),
               out_dir: str | None = None) -> list[dict]:
   """Exports a freshly initialised reduced Mobile DeepLab at each quantisation; sizes, latency.
@@ -28,9 +29,10 @@ def benchmark(image_size: int = 512, alpha: float = 0.35, runs: int = 20,
 
   model = for_export(models.create_model("deeplab_mobilenetv2", alpha=alpha, output_stride=16,
                                          depthwise_implementation="xla"))
-  models.check_input_size(model, image_size, image_size)
+  height, width = pipeline.image_shape(image_size)
+  models.check_input_size(model, height, width)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+                          jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
   rng = np.random.default_rng(0)
   variables = {
       "params": jax.tree.map(lambda s: rng.normal(0.0, 0.1, s.shape).astype(s.dtype),

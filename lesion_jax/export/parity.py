@@ -132,9 +132,10 @@ def check_parity(interpreter, reference_probs: np.ndarray, images: np.ndarray,
   return compare_outputs(outputs, reference_probs, quantization, threshold, thresholded)
 
 
-def median_latency_ms(interpreter, image_size: int, runs: int = 20, warmup: int = 2) -> float:
+def median_latency_ms(interpreter, image_size, runs: int = 20, warmup: int = 2) -> float:
   """Median wall time of one invocation, in ms, after `warmup` untimed ones."""
-  image = np.random.default_rng(0).integers(0, 256, (1, image_size, image_size, 3), np.uint8)
+  shape = (1, *pipeline.image_shape(image_size), 3)
+  image = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
   (input_detail,) = interpreter.get_input_details()
   interpreter.set_tensor(input_detail["index"], image)
   for _ in range(warmup):
@@ -155,7 +156,7 @@ def validation_images(config, count: int) -> np.ndarray:
   """
   from lesion_jax.data import loading
 
-  size = int(config.data.image_size)
+  size = pipeline.image_shape(config.data.image_size)
   images = []
   for name in config_lib.dataset_names(config.data.train, "data.train"):
     if len(images) >= count:

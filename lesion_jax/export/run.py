@@ -50,26 +50,28 @@ def _versions() -> dict:
 def describe_export(run, quantization: Quantization, thresholded: bool, model_file: str,
                     step: int | None = None) -> dict:
   """The sidecar / embedded description of an export of `run` (its best checkpoint, or `step`)."""
-  size = run.image_size
+  height, width = run.image_size
   output = {
-      "name": MASK_OUTPUT, "shape": [1, size, size, 1], "dtype": "uint8",
+      "name": MASK_OUTPUT, "shape": [1, height, width, 1], "dtype": "uint8",
       "meaning": "1 where the lesion probability >= threshold, else 0",
   } if thresholded else {
-      "name": PROBABILITY_OUTPUT, "shape": [1, size, size, 1], "dtype": "float32",
+      "name": PROBABILITY_OUTPUT, "shape": [1, height, width, 1], "dtype": "float32",
       "meaning": "sigmoid lesion probability in [0, 1]",
   }
   return {
       "format": "tflite",
       "file": os.path.basename(model_file),
       "signature": SIGNATURE_KEY,
-      "image_size": size,
-      "input": {"name": INPUT_NAME, "shape": [1, size, size, 3], "dtype": "uint8",
+      # S for a square model (as before non-square inputs existed), else [height, width].
+      "image_size": height if height == width else [height, width],
+      "input": {"name": INPUT_NAME, "shape": [1, height, width, 3], "dtype": "uint8",
                 "layout": "NHWC", "channels": "RGB, 0-255"},
       "output": output,
       "preprocessing": {
-          "resize": f"the app resizes the image to {size}x{size}, bilinear (as in training)",
+          "resize": f"the app resizes the image to {width}x{height} (width x height), bilinear "
+                    "(as in training)",
           "standardization": "inside the model: per image, (x - mean) / max(std, 1/sqrt(N)) "
-                             f"over all N = {size}*{size}*3 values (inference.standardize)",
+                             f"over all N = {height}*{width}*3 values (inference.standardize)",
       },
       "postprocessing": "resize the probability map back to the image size (bilinear), then "
                         "lesion where probability >= threshold",

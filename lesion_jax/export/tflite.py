@@ -178,14 +178,17 @@ QUANTIZATIONS.add("dynamic_int8", Quantization(
 
 
 
-def convert_to_tflite(infer: Callable, image_size: int, output_name: str,
+def convert_to_tflite(infer: Callable, image_size, output_name: str,
                       quantization: Quantization, threshold: float | None = None) -> bytes:
-  """The TFLite flatbuffer for one (1, S, S, 3) uint8 image: `infer`, then resize and sigmoid.
+  """The TFLite flatbuffer for one (1, H, W, 3) uint8 image: `infer`, then resize and sigmoid.
 
-  `infer` (from `inference_function`) gives logits; they are resized bilinearly (half-pixel
-  centres, as `jax.image.resize`) to S x S when smaller, then turned into float32
-  probabilities, or into uint8 {0, 1} masks `probability >= threshold` when `threshold` is given.
+  `image_size` is S or (H, W). `infer` (from `inference_function`) gives logits; they are
+  resized bilinearly (half-pixel centres, as `jax.image.resize`) to H x W when smaller, then
+  turned into float32 probabilities, or into uint8 {0, 1} masks `probability >= threshold`
+  when `threshold` is given.
   """
+  from lesion_jax.data import pipeline
+  height, width = pipeline.image_shape(image_size)
   tf, jax2tf = require_tensorflow()
   # Lower for CPU whatever the exporting machine has: the graph must not depend on it.
   converted = jax2tf.convert(infer, with_gradient=False, native_serialization_platforms=("cpu",))
@@ -193,11 +196,11 @@ def convert_to_tflite(infer: Callable, image_size: int, output_name: str,
   class Serving(tf.Module):
 
     @tf.function(autograph=False, input_signature=[
-        tf.TensorSpec((1, image_size, image_size, 3), tf.uint8, name=INPUT_NAME)])
+        tf.TensorSpec((1, height, width, 3), tf.uint8, name=INPUT_NAME)])
     def serving_default(self, image):
       logits = converted(image)
-      if tuple(logits.shape[1:3]) != (image_size, image_size):
-        logits = tf.image.resize(logits, (image_size, image_size), method="bilinear")
+      if tuple(logits.shape[1:3]) != (height, width):
+        logits = tf.image.resize(logits, (height, width), method="bilinear")
       probs = tf.math.sigmoid(logits)
       if threshold is not None:
         probs = tf.cast(probs >= threshold, tf.uint8)

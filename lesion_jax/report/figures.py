@@ -186,7 +186,7 @@ def plot_overlay(path: str, image: np.ndarray, truth: np.ndarray, prediction: np
 
 def write_overlays(workdir: str, dataset: str, picks: Sequence[tuple[str, int, int]],
                    examples: Sequence[Mapping[str, Any]], probs: np.ndarray, ja: np.ndarray,
-                   image_size: int, threshold: float) -> list[str]:
+                   image_size, threshold: float) -> list[str]:
   """Image | truth | Fig. 1 comparison for each picked test image (`overlay_picks`).
 
   `examples` are the picked images' raw dataset examples and `probs` their (N, S, S)
@@ -251,10 +251,11 @@ def _find_examples(source, image_ids: Sequence[str]) -> dict[str, dict]:
   return found
 
 
-def _resize_binary(mask: np.ndarray, size: int) -> np.ndarray:
-  if mask.shape[:2] == (size, size):
+def _resize_binary(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """A binary (H, W) mask at (height, width) `size`, nearest neighbour."""
+  if mask.shape[:2] == tuple(size):
     return mask.astype(bool)
-  image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+  image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
   return np.asarray(image) > 127
 
 
@@ -303,7 +304,7 @@ def write_fig1(out_dir: str, runs: Sequence[Any], labels: Sequence[str],
     picks = pick_cases(ja)
     chosen = [ids[position] for _, position in picks]
     examples = _find_examples(_test_source(runs[0].config, dataset), chosen)
-    size = max(run.image_size for run in runs)
+    size = max(run.image_size for run in runs)  # (height, width) of the largest
     images, truths = [], []
     for image_id in chosen:
       image, mask = pipeline.resize_pair(np.asarray(examples[image_id]["image"]),

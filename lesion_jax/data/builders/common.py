@@ -329,7 +329,13 @@ def validate_records(records: Sequence[LesionRecord], problems: Problems) -> Non
                    len(grey_masks), ", ".join(grey_masks))
 
 
-def encoded_image(data: bytes, image_size: int | None) -> io.BytesIO:
+def _width_height(image_size) -> tuple[int, int]:
+  """PIL's (width, height) of a stored size S (square) or (height, width)."""
+  height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+  return width, height
+
+
+def encoded_image(data: bytes, image_size) -> io.BytesIO:
   """The bytes tfds stores: RGB JPEGs untouched at native size, anything else as RGB PNG."""
   with _strict_decoding():
     image = Image.open(io.BytesIO(data))
@@ -338,7 +344,7 @@ def encoded_image(data: bytes, image_size: int | None) -> io.BytesIO:
     image = image.convert("RGB")
   if image_size is not None:
     # PIL's bilinear filter widens with the scale factor, so downscaling averages (like area).
-    image = image.resize((image_size, image_size), Image.BILINEAR)
+    image = image.resize(_width_height(image_size), Image.BILINEAR)
   # Photographs barely compress: the fastest zlib level is 2-3x faster than encode_png's
   # default and only ~2% larger, which matters for 2594 ISIC or 1300 Dermofit images.
   buffer = io.BytesIO()
@@ -347,10 +353,10 @@ def encoded_image(data: bytes, image_size: int | None) -> io.BytesIO:
   return buffer
 
 
-def encoded_mask(data: bytes, image_size: int | None) -> io.BytesIO:
+def encoded_mask(data: bytes, image_size) -> io.BytesIO:
   mask = binarize_mask(load_image(data))
   if image_size is not None:  # nearest neighbour: stays exactly {0, 1}.
-    mask = np.asarray(Image.fromarray(mask).resize((image_size, image_size), Image.NEAREST))
+    mask = np.asarray(Image.fromarray(mask).resize(_width_height(image_size), Image.NEAREST))
   return encode_png(mask)
 
 
@@ -360,18 +366,38 @@ def encoded_mask(data: bytes, image_size: int | None) -> io.BytesIO:
 
 @dataclasses.dataclass(eq=False)
 class LesionConfig(tfds.core.BuilderConfig):
-  """`image_size=None`: native resolution; an int S: images and masks resized to SxS."""
-  image_size: int | None = None
+  """`image_size=None`: native resolution; an int S: images and masks resized to SxS; a pair
+  (H, W): resized to H rows and W columns (ISIC's 4:3 images at (192, 256), say)."""
+  image_size: int | tuple[int, int] | None = None
 
 
-def config_for_size(image_size: int | None) -> LesionConfig:
+def stored_size(image_size) -> int | tuple[int, int] | None:
+  """`image_size` checked: None, a positive int, or a (height, width) pair of them."""
   if image_size is None:
+    return None
+  pair = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+  if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+    raise errors.ConfigError("image_size must be a positive integer, a (height, width) pair of "
+                             f"them, or None, got {image_size!r}")
+  return pair[0] if pair[0] == pair[1] else (int(pair[0]), int(pair[1]))
+
+
+def config_name(image_size) -> str:
+  size = stored_size(image_size)
+  if size is None:
+    return "native"
+  return f"resized_{size}" if isinstance(size, int) else f"resized_{size[0]}x{size[1]}"
+
+
+def config_for_size(image_size) -> LesionConfig:
+  size = stored_size(image_size)
+  if size is None:
     return NATIVE
-  if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-    raise errors.ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
+  height, width = (size, size) if isinstance(size, int) else size
   return LesionConfig(
-      name=f"resized_{image_size}", image_size=image_size,
-      description=f"Images (bilinear) and masks (nearest) resized to {image_size}x{image_size}.")
+      name=config_name(size), image_size=size,
+      description=f"Images (bilinear) and masks (nearest) resized to {height} rows and {width} "
+                  "columns.")
 
 
 NATIVE = LesionConfig(name="native", description="Images and masks at their native resolution.")
@@ -398,7 +424,7 @@ class LesionBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   HOMEPAGE: str = ""
   CITATION: str = ""
 
-  def __init__(self, *, image_size: int | None = None, config=None, **kwargs):
+  def __init__(self, *, image_size=None, config=None, **kwargs):
     if image_size is not None:
       sized = config_for_size(image_size)
       requested = getattr(config, "name", config)
@@ -416,7 +442,7 @@ class LesionBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     return tfds.core.Path(inspect.getfile(cls))
 
   @property
-  def image_size(self) -> int | None:
+  def image_size(self) -> int | tuple[int, int] | None:
     return getattr(self.builder_config, "image_size", None)
 
   def _info(self) -> tfds.core.DatasetInfo:

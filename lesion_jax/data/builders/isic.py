@@ -17,6 +17,15 @@ full archives give 2594 unique images: 1994 train/validation and 600 test.
 - Labels come from the ISIC 2017 Part 3 CSVs (melanoma / seborrheic keratosis / nevus);
   images without one (ISIC 2016/2018 only) are 'unknown'. Validation is 10% of the pool,
   stratified by label.
+
+`protocol` chooses the splits (a builder option; each protocol is its own tfds config):
+- "pooled" (default): the paper's protocol above.
+- "official": the ISIC 2017 challenge's own splits: train = its 2000 training images,
+  validation = its 150 validation images (they choose the checkpoint and the threshold),
+  test = its 600 test images when their archives are present. Other years are not read.
+- "official_dev": for recipe work without the test set: train and validation are 90% and 10%
+  of the ISIC 2017 training images (stratified by label), and the 150 official validation
+  images are the test split.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesion_jax import errors
 from lesion_jax.data import splits as splits_lib
 from lesion_jax.data.builders import common
 
@@ -69,6 +79,28 @@ POOL_RELEASES = (
 TEST_RELEASE = IsicRelease("ISIC 2017 test", "ISIC-2017_Test_v2_Data",
                            "ISIC-2017_Test_v2_Part1_GroundTruth",
                            "ISIC-2017_Test_v2_Part3_GroundTruth.csv")
+
+PROTOCOLS = ("pooled", "official", "official_dev")
+ISIC2017_TRAINING, ISIC2017_VALIDATION = POOL_RELEASES[1], POOL_RELEASES[2]
+
+
+@dataclasses.dataclass(eq=False)
+class IsicConfig(common.LesionConfig):
+  """A stored size and one of PROTOCOLS."""
+  protocol: str = "pooled"
+
+
+def isic_config(image_size, protocol: str) -> common.LesionConfig:
+  """The tfds config of `protocol` at `image_size` ("pooled" keeps the shared names)."""
+  if protocol not in PROTOCOLS:
+    raise errors.ConfigError(f"isic: protocol must be one of {PROTOCOLS}, got {protocol!r} "
+                             "(config.data.options.isic.protocol)")
+  sized = common.config_for_size(image_size)
+  if protocol == "pooled":
+    return sized
+  return IsicConfig(name=f"{sized.name}_{protocol}", image_size=sized.image_size,
+                    protocol=protocol, description=f"{sized.description} Splits: {protocol}.")
+
 
 _INSTRUCTIONS = """\
 Download the ISIC challenge archives from https://challenge.isic-archive.com/data/ and put them,
@@ -157,6 +189,15 @@ class Isic(common.LesionBuilder):
   title={Skin lesion analysis toward melanoma detection 2018: A challenge hosted by the ISIC},
   author={Codella, Noel and others}, journal={arXiv:1902.03368}, year={2019}}"""
 
+  def __init__(self, *, protocol: str = "pooled", image_size=None, config=None, **kwargs):
+    if protocol != "pooled":
+      config, image_size = isic_config(image_size, protocol), None
+    super().__init__(image_size=image_size, config=config, **kwargs)
+
+  @property
+  def protocol(self) -> str:
+    return getattr(self.builder_config, "protocol", "pooled")
+
   def _locate(self, manual_dir: Path):
     """(present [(release, images path, masks path)], absent releases, found label CSVs)."""
     releases = POOL_RELEASES + (TEST_RELEASE,)
@@ -187,6 +228,8 @@ class Isic(common.LesionBuilder):
     return present, absent, csvs
 
   def _find_records(self, manual_dir: Path, problems: common.Problems) -> list[common.LesionRecord]:
+    if self.protocol != "pooled":
+      return self._official_records(manual_dir, problems)
     present, absent, csvs = self._locate(manual_dir)
     missing_archives = [n for r in absent for n in r.archives]
     if absent:
@@ -254,6 +297,39 @@ class Isic(common.LesionBuilder):
         for i, (_, image, mask) in sorted(test_files.items())]
     return records
 
+  def _official_records(self, manual_dir: Path,
+                        problems: common.Problems) -> list[common.LesionRecord]:
+    """The ISIC 2017 releases as they are, each to its split (`protocol`)."""
+    present, _, csvs = self._locate(manual_dir)
+    paths = {release: (images, masks) for release, images, masks in present}
+    needed = [n for r in (ISIC2017_TRAINING, ISIC2017_VALIDATION) if r not in paths
+              for n in r.archives]
+    if needed:
+      raise self._missing(manual_dir, needed)
+    dev = self.protocol == "official_dev"
+    splits = {ISIC2017_TRAINING: None if dev else "train",
+              ISIC2017_VALIDATION: "test" if dev else "validation"}
+    if not dev:
+      if TEST_RELEASE in paths:
+        splits[TEST_RELEASE] = "test"
+      else:
+        logger.warning("isic (official): %s not in %s: the test split is empty and runs report "
+                       "no test metrics; put them there to report the ISIC 2017 benchmark",
+                       " and ".join(TEST_RELEASE.archives), manual_dir)
+    records = []
+    for release, split in splits.items():
+      labels = (read_isic2017_labels(csvs[release.labels_csv].read_bytes(),
+                                     str(csvs[release.labels_csv]), problems)
+                if release.labels_csv in csvs else {})
+      images, masks = _index_release(release, *paths[release], problems)
+      ids = common.pair_files(images, masks, problems,
+                              mask_hint=lambda i: f"{i}_segmentation.png in {paths[release][1]}",
+                              image_hint=lambda i: f"{i}.jpg in {paths[release][0]}")
+      records += [common.LesionRecord(i, images[i], masks[i], labels.get(i, "unknown"), split)
+                  for i in sorted(ids)]
+    self.info.metadata["releases_used"] = [r.name for r in splits]
+    return records
+
   def _log_duplicates(self, replaced, problems: common.Problems) -> None:
     """Logs duplicate ids; names those whose masks differ (the newest release's mask is kept)."""
     if not replaced:
@@ -271,12 +347,15 @@ class Isic(common.LesionBuilder):
                      "the newest release's mask: %s", len(differing), ", ".join(differing))
 
   def _assign_splits(self, records):
-    """The official test split as given; validation is 10% of the pool, stratified by label."""
+    """Splits fixed by their release as given; validation is 10% of the rest (the pool),
+    stratified by label."""
     pool = [r for r in records if r.split is None]
     fraction = splits_lib.VALIDATION_FRACTION
     split_ids = splits_lib.partition(
         [r.image_id for r in pool], [r.label for r in pool],
         {"train": 1.0 - fraction, "validation": fraction}) if pool else {
             "train": [], "validation": []}
-    split_ids["test"] = sorted(r.image_id for r in records if r.split == "test")
+    for split in ("train", "validation", "test"):
+      split_ids[split] = list(split_ids.get(split, [])) + sorted(
+          r.image_id for r in records if r.split == split)
     return split_ids

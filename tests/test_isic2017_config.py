@@ -1,0 +1,74 @@
+"""configs/isic2017.py and what its recipe needs: the protocols, non-square sizes, augmentation and
+test-time augmentation in a real run."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from lesion_jax import config as config_lib
+from lesion_jax import train
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load():
+  spec = importlib.util.spec_from_file_location(
+      "isic2017_config", os.path.join(REPO, "configs", "isic2017.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_variant_validates_and_the_docstring_holds_the_commands():
+  module = load()
+  for variant in ("", "dev", "runlocal"):
+    suffix = f":{variant}" if variant else ""
+    assert f"python launch.py --config configs/isic2017.py{suffix} --workdir" in module.__doc__
+  for arg in (None, "dev", "runlocal", "dev,paper", "dev,cpu", "dev,paper,cpu", "paper"):
+    config_lib.validate(module.get_config(arg))
+  with pytest.raises(ValueError, match="unknown or repeated variant"):
+    module.get_config("dev,runlocal")
+  with pytest.raises(ValueError, match="unknown or repeated variant"):
+    module.get_config("test")
+
+
+def test_protocols_sizes_and_the_recipe():
+  module = load()
+  benchmark, dev, paper = (module.get_config(a) for a in (None, "dev", "dev,paper"))
+  assert benchmark.data.options.isic.protocol == "official"
+  assert dev.data.options.isic.protocol == "official_dev"
+  assert benchmark.model.name == "deeplab_mobilenetv2" and benchmark.model.alpha == 0.35
+  # The recipe keeps ISIC's 4:3 aspect and stores the images at the training size.
+  assert dev.data.image_size == (192, 256) and dev.data.stored_size == (192, 256)
+  assert dev.evaluation.tta != "none" and dev.data.augment.rotation_degrees > 0
+  # The paper's recipe, the baseline of the ablation.
+  assert paper.data.image_size == 256 and paper.evaluation.tta == "none"
+  assert paper.data.augment.scale == (1.0, 1.0) and paper.optimizer.cycle_epochs == 10.0
+  assert module.get_config("dev,cpu").data.image_size == (96, 128)
+  assert module.get_config("dev,paper,cpu").data.image_size == (128, 128)
+  runlocal = module.get_config("runlocal")
+  assert runlocal.data.train == ("synthetic_lesions/dermoscopic",)
+  assert runlocal.data.image_size[0] != runlocal.data.image_size[1]  # exercises the aspect
+
+
+@pytest.mark.slow
+def test_a_run_at_a_non_square_size_with_augmentation_and_tta(data_dir, tmp_path):
+  """ISIC's 4:3 aspect, every augmentation and test-time augmentation, end to end."""
+  config = tiny_config(data_dir, **{
+      "data.image_size": (32, 48), "evaluation.tta": "dihedral", "training.num_epochs": 1,
+      "data.augment.scale": (0.8, 1.25), "data.augment.rotation_degrees": 30.0,
+      "data.augment.elastic_pixels": 2.0, "data.augment.brightness": 0.2,
+      "data.augment.hue": 0.05})
+  workdir = tmp_path / "wide"
+  results = train.train_and_evaluate(config, str(workdir))
+  assert results["test"]["synthetic_lesions/dermoscopic"]["n_images"] == 8
+  from PIL import Image
+
+  from lesion_jax import runs
+  run = runs.load_run(str(workdir))
+  assert run.image_size == (32, 48)
+  assert json.loads((workdir / "config.json").read_text())["data"]["image_size"] == [32, 48]
+  overlay = next((workdir / "overlays" / "synthetic_lesions_dermoscopic").iterdir())
+  assert Image.open(overlay).size[0] > Image.open(overlay).size[1]
