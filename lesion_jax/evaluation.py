@@ -57,7 +57,7 @@ def evaluate(p_eval_step: Callable, replicated_state, source, size, *,
 # ----------------------------------------------------------------------------------------------
 # The end of a run.
 
-def test_metrics(p_eval, replicated, test_sources: dict, size, t_index: int,
+def score_test_splits(p_eval, replicated, test_sources: dict, size, t_index: int,
                  eval_kwargs: dict) -> tuple[dict, dict]:
   """Per test database: the macro-averaged metrics at threshold index `t_index`, and the
   per-image (Evaluation, metrics) pairs the reports need."""
@@ -139,5 +139,5 @@ def write_results(workdir: str, results: dict) -> None:
     workdir_lib.write_json_atomically(os.path.join(workdir, "results.json"), results)
 
 
-__all__ = ["Evaluation", "collapse_warnings", "evaluate", "image_ids", "test_metrics",
+__all__ = ["Evaluation", "collapse_warnings", "evaluate", "image_ids", "score_test_splits",
            "threshold_search", "validation_summary", "write_reports", "write_results"]

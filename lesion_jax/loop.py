@@ -107,7 +107,8 @@ class Clock:
     try:
       yield
     finally:
-      self.paused_seconds += time.perf_counter() - start
+      if self.start is not None:  # before the clock starts there is nothing to leave out
+        self.paused_seconds += time.perf_counter() - start
 
   def elapsed(self) -> float:
     if self.start is None:

@@ -334,7 +334,7 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
   validation = evaluation_lib.evaluate(run.p_eval_final, replicated, run.validation,
                                        run.image_size, **run.eval_kwargs)
   threshold, t_index, ja_curve = evaluation_lib.threshold_search(validation)
-  test_results, per_image = evaluation_lib.test_metrics(
+  test_results, per_image = evaluation_lib.score_test_splits(
       run.p_eval_final, replicated, run.datasets.test, run.image_size, t_index,
       run.eval_kwargs)
   results = {
