@@ -2,11 +2,13 @@
 test-time augmentation in a real run."""
 import importlib.util
 import json
+import math
 import os
 
 import pytest
 
 from lesion_jax import config as config_lib
+from lesion_jax import optim
 from lesion_jax import train
 from tests.conftest import tiny_config
 
@@ -51,6 +53,28 @@ def test_protocols_sizes_and_the_recipe():
   runlocal = module.get_config("runlocal")
   assert runlocal.data.train == ("synthetic_lesions/dermoscopic",)
   assert runlocal.data.image_size[0] != runlocal.data.image_size[1]  # exercises the aspect
+
+
+@pytest.mark.parametrize("arg,steps_per_epoch", [(None, 500), ("dev,cpu", 450)])
+def test_the_recipe_ends_its_run_as_the_last_cycle_anneals(arg, steps_per_epoch):
+  """The recipe's SGDR ends at its floor on the last step; the paper's 50 epochs stop at 0.6 peak."""
+  module = load()
+  for name, config in (("recipe", module.get_config(arg)), ("paper", module.get_config("paper"))):
+    total = config.training.num_epochs * steps_per_epoch
+    schedule = optim.sgdr_schedule(total, steps_per_epoch, config.optimizer)
+    last = float(schedule(total - 1))
+    peak = config.optimizer.learning_rate * config.optimizer.peak_decay**2  # the third cycle's
+    # The cosine's own value at the last step, counted from the third cycle's start.
+    cycle = config.optimizer.cycle_epochs * steps_per_epoch
+    position = (total - 1 - 3 * cycle) / (4 * cycle)
+    expected = config.optimizer.min_learning_rate + 0.5 * (peak - config.optimizer.min_learning_rate) * (
+        1 + math.cos(math.pi * position))
+    assert last == pytest.approx(expected, rel=0.02, abs=2e-7), name
+    if name == "recipe":
+      assert last < 2 * config.optimizer.min_learning_rate
+      assert config.training.patience >= config.training.num_epochs  # no stop inside a cycle
+    else:
+      assert last > 0.3 * config.optimizer.learning_rate
 
 
 @pytest.mark.slow
