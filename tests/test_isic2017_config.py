@@ -68,7 +68,7 @@ def sgdr_by_hand(step, steps_per_epoch, opt):
 
 @pytest.mark.parametrize("arg,steps_per_epoch", [(None, 500), ("dev,cpu", 450)])
 def test_the_recipe_ends_its_run_as_a_cycle_anneals(arg, steps_per_epoch):
-  """The recipe's SGDR ends at its floor on the last step; the paper's 50 epochs stop at 0.6 peak."""
+  """The recipe's SGDR ends at its floor on the last step; the paper's 50 epochs stop at half a peak."""
   module = load()
   for name, config in (("recipe", module.get_config(arg)), ("paper", module.get_config("paper"))):
     total = config.training.num_epochs * steps_per_epoch
