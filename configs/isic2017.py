@@ -34,6 +34,7 @@ The challenge winner reached JA 0.765 on the 600 test images.
 import os
 
 from lesion_jax.config import base_config
+from lesion_jax.data.pipeline import image_shape
 
 REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
 VARIANTS = ("dev", "runlocal")
@@ -79,8 +80,7 @@ def get_config(arg: str | None = None):
   if "paper" not in modifiers:
     recipe(config)
   if "cpu" in modifiers:
-    height, width = (config.data.image_size,) * 2 if isinstance(
-        config.data.image_size, int) else config.data.image_size
+    height, width = image_shape(config.data.image_size)
     config.data.image_size = (height // 2, width // 2)
     config.training.num_epochs = 30  # two whole SGDR cycles, 10 + 20
   # Stored once at the training size: JPEG decoding at full size every epoch would dominate.

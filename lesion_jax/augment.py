@@ -27,6 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
 Array = jax.Array
@@ -183,7 +184,10 @@ def warp(image: Array, mask: Array, geometry: dict) -> tuple[Array, Array]:
 # ----------------------------------------------------------------------------------------------
 # Colour.
 
-_YIQ = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+# NumPy constants: no device array at import, and the inverse is taken once, not per trace.
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                np.float32)
+_RGB_FROM_YIQ = np.linalg.inv(_YIQ).astype(np.float32)
 
 
 def _grey(image: Array) -> Array:
@@ -194,13 +198,14 @@ def adjust_colour(image: Array, brightness: Array, contrast: Array, saturation: 
                   hue_turns: Array) -> Array:
   """An (H, W, 3) RGB image (0-255, float) with the given factors and hue rotation."""
   image = image * brightness
-  image = _grey(image).mean() + (image - _grey(image).mean()) * contrast
-  image = _grey(image) + (image - _grey(image)) * saturation
+  mean_grey = _grey(image).mean()
+  image = mean_grey + (image - mean_grey) * contrast
+  grey = _grey(image)
+  image = grey + (image - grey) * saturation
   angle = 2 * jnp.pi * hue_turns
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   rotate_iq = jnp.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-  to_rgb = jnp.linalg.inv(_YIQ)
-  image = image @ (to_rgb @ rotate_iq @ _YIQ).T
+  image = image @ (_RGB_FROM_YIQ @ rotate_iq @ _YIQ).T
   return jnp.clip(image, 0.0, 255.0)
 
 

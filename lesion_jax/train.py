@@ -175,9 +175,14 @@ def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, t
       functools.partial(train_steps, loss_fn=loss_fn, augment_options=augment_options),
       list(devices), options)
   thresholds = jnp.asarray(metrics_lib.THRESHOLDS, jnp.float32)
-  p_eval, p_eval_final = (parallel.pmap_eval_step(
-      functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds, tta=mode),
-      list(devices), options) for mode in ("none", tta))
+
+  def p_eval_with(mode: str) -> Callable:
+    return parallel.pmap_eval_step(
+        functools.partial(eval_step, loss_fn=loss_fn, thresholds=thresholds, tta=mode),
+        list(devices), options)
+  p_eval = p_eval_with("none")
+  # Without TTA the final evaluation is validation's program: one compilation serves both.
+  p_eval_final = p_eval if tta == "none" else p_eval_with(tta)
   return p_train, p_train_steps, p_eval, p_eval_final
 
 
@@ -200,8 +205,7 @@ class RunSetup:
   total_steps: int
   eval_every: int  # steps
   steps_per_dispatch: int
-  schedule: Callable[[int], Any]
-  learning_rate: Callable[[int], Any]  # the schedule jitted once, for logging
+  learning_rate: Callable[[int], Any]  # the SGDR schedule, jitted once, for logging
   num_params: int
   p_train: Callable  # one step per call
   p_train_steps: Callable  # k steps per call (lax.scan), for steps_per_dispatch > 1
@@ -313,8 +317,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
       datasets=datasets, validation=validation, train_batches=train_batches,
       global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=eval_every, steps_per_dispatch=steps_per_dispatch(config, devices[0].platform),
-      schedule=schedule, learning_rate=_jitted_schedule(schedule), num_params=num_params, p_train=p_train, p_train_steps=p_train_steps,
-      p_eval=p_eval, p_eval_final=p_eval_final, checkpoints=checkpoints, state=state, loop=loop,
+      learning_rate=_jitted_schedule(schedule), num_params=num_params, p_train=p_train,
+      p_train_steps=p_train_steps, p_eval=p_eval, p_eval_final=p_eval_final,
+      checkpoints=checkpoints, state=state, loop=loop,
       start_step=int(state.step))
 
 

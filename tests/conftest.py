@@ -18,6 +18,18 @@ from lesion_jax.config import base_config
 REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
 
 
+def load_config_module(*parts: str):
+  """A config file under configs/ (e.g. "paper", "exp2_finetune.py") loaded as a module."""
+  import importlib.util
+
+  path = os.path.join(REPO, "configs", *parts)
+  name = "config_" + "_".join(parts).removesuffix(".py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """One tfds data dir for the whole session, so each tiny dataset is generated once."""

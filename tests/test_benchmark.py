@@ -5,7 +5,6 @@ in seconds; everything else (pmapped steps, the grain pipeline on synthetic lesi
 is the real thing. `configs/benchmark.py:runlocal` runs the same code on two registry models.
 """
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from lesion_jax import benchmark, losses, train
 from lesion_jax import parallel
-from tests.conftest import tiny_config
+from tests.conftest import load_config_module, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = (3, 8, 8, 1)  # input, two hidden layers, logits
@@ -84,11 +83,7 @@ def test_model_settings_parse_and_bad_entries_fail_before_compiling(tmp_path):
 
 
 def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      "benchmark_config", os.path.join(REPO, "configs", "benchmark.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_config_module("benchmark.py")
 
 
 def test_default_and_runlocal_configs_name_valid_models():

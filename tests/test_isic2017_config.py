@@ -1,26 +1,18 @@
 """configs/isic2017.py and what its recipe needs: the protocols, non-square sizes, augmentation and
 test-time augmentation in a real run."""
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
 from lesion_jax import config as config_lib
 from lesion_jax import optim
 from lesion_jax import train
-from tests.conftest import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import load_config_module, tiny_config
 
 
 def load():
-  spec = importlib.util.spec_from_file_location(
-      "isic2017_config", os.path.join(REPO, "configs", "isic2017.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_config_module("isic2017.py")
 
 
 def test_every_variant_validates_and_the_docstring_holds_the_commands():

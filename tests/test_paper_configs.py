@@ -1,6 +1,5 @@
 """Every config in configs/paper/ loads, validates, documents its command, and matches the paper."""
 import glob
-import importlib.util
 import os
 import sys
 
@@ -8,6 +7,7 @@ import pytest
 
 from lesion_jax import config as config_lib
 from lesion_jax import data, report, sweep
+from tests.conftest import load_config_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # the paper configs import configs.paper.common
@@ -32,11 +32,7 @@ def pretrained_weights(monkeypatch, tmp_path):
 
 
 def load(filename: str):
-  spec = importlib.util.spec_from_file_location(f"paper_{filename[:-3]}",
-                                                os.path.join(PAPER_DIR, filename))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_config_module("paper", filename)
 
 
 def test_the_paper_experiments_are_all_there():

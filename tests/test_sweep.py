@@ -1,5 +1,4 @@
 """Sweeps (grids -> runs, resume, Table 2) and the Exp 1 / Exp 2 transfer experiment."""
-import importlib.util
 import json
 import os
 import sys
@@ -10,6 +9,7 @@ from PIL import Image
 
 from lesion_jax import report, sweep, train
 from lesion_jax.config import base_config
+from tests.conftest import load_config_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # the paper configs import configs.paper.common
@@ -17,11 +17,7 @@ if REPO not in sys.path:  # the paper configs import configs.paper.common
 
 
 def load_paper_config(name: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(
-      f"paper_{name}", os.path.join(REPO, "configs", "paper", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_module("paper", f"{name}.py").get_config(arg)
 
 
 # ----------------------------------------------------------------------------------------------

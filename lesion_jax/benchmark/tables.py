@@ -4,11 +4,14 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from lesion_jax.data import pipeline
+
+
 def _size(value: Any) -> str:
   """An image size as width x height (a square S gives SxS)."""
   if value is None:
     return "?"
-  height, width = (value, value) if isinstance(value, int) else value
+  height, width = pipeline.image_shape(value)
   return f"{width}x{height}"
 
 

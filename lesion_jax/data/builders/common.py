@@ -329,10 +329,10 @@ def validate_records(records: Sequence[LesionRecord], problems: Problems) -> Non
                    len(grey_masks), ", ".join(grey_masks))
 
 
-def _width_height(image_size) -> tuple[int, int]:
-  """PIL's (width, height) of a stored size S (square) or (height, width)."""
-  height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-  return width, height
+def _height_width(image_size) -> tuple[int, int]:
+  """(height, width) of a stored size S (square) or (height, width); PIL wants it reversed."""
+  size = stored_size(image_size)
+  return (size, size) if isinstance(size, int) else size
 
 
 def encoded_image(data: bytes, image_size) -> io.BytesIO:
@@ -344,7 +344,7 @@ def encoded_image(data: bytes, image_size) -> io.BytesIO:
     image = image.convert("RGB")
   if image_size is not None:
     # PIL's bilinear filter widens with the scale factor, so downscaling averages (like area).
-    image = image.resize(_width_height(image_size), Image.BILINEAR)
+    image = image.resize(_height_width(image_size)[::-1], Image.BILINEAR)
   # Photographs barely compress: the fastest zlib level is 2-3x faster than encode_png's
   # default and only ~2% larger, which matters for 2594 ISIC or 1300 Dermofit images.
   buffer = io.BytesIO()
@@ -356,7 +356,8 @@ def encoded_image(data: bytes, image_size) -> io.BytesIO:
 def encoded_mask(data: bytes, image_size) -> io.BytesIO:
   mask = binarize_mask(load_image(data))
   if image_size is not None:  # nearest neighbour: stays exactly {0, 1}.
-    mask = np.asarray(Image.fromarray(mask).resize(_width_height(image_size), Image.NEAREST))
+    size = _height_width(image_size)[::-1]
+    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
   return encode_png(mask)
 
 
@@ -393,7 +394,7 @@ def config_for_size(image_size) -> LesionConfig:
   size = stored_size(image_size)
   if size is None:
     return NATIVE
-  height, width = (size, size) if isinstance(size, int) else size
+  height, width = _height_width(size)
   return LesionConfig(
       name=config_name(size), image_size=size,
       description=f"Images (bilinear) and masks (nearest) resized to {height} rows and {width} "
