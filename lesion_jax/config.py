@@ -29,62 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Number of local devices to train on; None uses all of them (pmap over every GPU).
   config.num_devices = config_dict.placeholder(int)
 
-  # Model: `name` picks a registry entry; the other keys are passed when that model takes them
-  # (so `--config.model.name=unet --config.model.ifc=16` works from any config).
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "deeplab_mobilenetv2"
-  config.model.alpha = 0.35
-  config.model.output_stride = 16
-  config.model.ifc = config_dict.placeholder(int)
-  config.model.dtype = "float32"  # compute dtype; parameters stay float32. 'bfloat16' for speed.
-  # BatchNorm running-average momentum; None keeps the architecture's (Keras 0.999, TF 0.9997),
-  # right for the paper's long runs. Runs of a few hundred steps need ~0.99.
-  config.model.bn_momentum = config_dict.placeholder(float)
-  # Pretrained weights ("PreT" in Table 2) as 'KIND:PATH': 'keras_mobilenet_v2:<file.h5>' or
-  # 'deeplab_zoo:<model.ckpt-N>' (Pascal VOC / Cityscapes). `dont_load` applies here too.
-  config.model.init_from = config_dict.placeholder(str)
+  config.model = _model()
 
   # One of: ce, dice, jaccard, ce_log_jaccard, ce_log_dice (paper, "Model Optimization").
   config.loss = "dice"
 
-  config.data = ml_collections.ConfigDict()
-  # Training mixture: datasets whose `train` splits are mixed in proportion to their size, and
-  # whose `validation` splits (10% of train/val, paper 2.2) choose checkpoints and the threshold.
-  config.data.train = ("synthetic_lesions/dermoscopic",)
-  # Datasets whose `test` split is reported, each separately (Table 3). Empty: the train datasets.
-  config.data.test = ()
-  # Model input size: S (square, the paper's 512x512) or (height, width), e.g. (192, 256) for
-  # ISIC's 4:3 images. Both sides must be multiples of the model's stride.
-  config.data.image_size = ml_collections.FieldReference(512, field_type=object)
-  # Augmentation (paper 2.2), drawn per example on the device (lesion_jax/augment.py).
-  config.data.flip = True  # horizontal and vertical flips
-  config.data.rotate = True  # quarter turns (half turns for images that are not square)
-  # More augmentation (off by default), drawn per example after the flips and turns.
-  config.data.augment = ml_collections.ConfigDict()
-  config.data.augment.scale = (1.0, 1.0)  # random zoom range, aspect kept (e.g. (0.8, 1.25))
-  config.data.augment.rotation_degrees = 0.0  # rotation by any angle in +-this
-  config.data.augment.elastic_pixels = 0.0  # elastic (grid) distortion of up to this many pixels
-  config.data.augment.elastic_grid = 4  # its control points per side
-  config.data.augment.brightness = 0.0  # colour factors drawn in 1 +- strength
-  config.data.augment.contrast = 0.0
-  config.data.augment.saturation = 0.0
-  config.data.augment.hue = 0.0  # hue rotation of up to +-this many turns (e.g. 0.05)
-  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
-  config.data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
-  # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
-  config.data.manual_dirs = ml_collections.ConfigDict(
-      {name: config_dict.placeholder(str) for name in ("isic", "ph2", "dermofit", "smartskins")})
-  config.data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
-  # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
-  # so training does not decode large JPEGs every epoch. None: native resolution.
-  config.data.stored_size = ml_collections.FieldReference(None, field_type=object)
-  # The synthetic builder's settings (count, stored size, seed) for synthetic_lesions/*.
-  config.data.synthetic = ml_collections.ConfigDict(
-      dict(num_images=300, image_size=256, seed=0))
-  config.data.num_threads = 2  # host threads decoding and resizing examples
-  # Decode and resize every training and validation image once, into memory, when they fit in
-  # this many GB (2000 images at 256x256 take 0.5 GB); beyond it, or at 0, each read decodes.
-  config.data.cache_gb = 8.0
+  config.data = _data()
 
   config.batch_size_per_device = 4  # the paper's batch size
   # CPU only: let XLA hand convolutions to YNNPACK ('on'), run its own kernels ('off'), or use
@@ -95,31 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
   # off; None keeps XLA's default. A launch-bound step (small model, batch 4) gains from them.
   config.xla_gpu_command_buffer = config_dict.placeholder(str)
 
-  config.training = ml_collections.ConfigDict()
-  config.training.num_epochs = 100
-  config.training.max_steps = config_dict.placeholder(int)  # cap on steps (smoke tests); None: epochs
-  config.training.patience = 10  # early stopping: evaluations without a better validation JA
-  config.training.log_every_steps = 20
-  config.training.eval_every_epochs = 1
-  # Train steps per pmapped call (lax.scan), to cut launch overhead where a step is short (GPU).
-  # None: the backend's measured default (train.DEFAULT_STEPS_PER_DISPATCH). Logging, evaluation
-  # and saving still happen at the same steps; a signal stops after the call in flight.
-  config.training.steps_per_dispatch = config_dict.placeholder(int)
-  config.training.tensorboard_images = 4  # predictions shown in TensorBoard at each evaluation
-  # Divergence: training stops with an error (exit code 3) when a step's loss is NaN or
-  # infinite, or exceeds this many times the mean loss of the run's first
-  # `divergence_reference_steps` steps (0 turns the second check off).
-  config.training.divergence_factor = 100.0
-  config.training.divergence_reference_steps = 50
-
-  # Adam with cosine annealing and warm restarts (SGDR, Loshchilov & Hutter; paper's [8]).
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-3  # peak of the first cycle
-  config.optimizer.min_learning_rate = 1e-6  # end of every cycle
-  config.optimizer.cycle_epochs = 10.0  # length of the first cycle
-  config.optimizer.cycle_mult = 2.0  # each cycle is this much longer than the one before
-  config.optimizer.peak_decay = 0.9  # each restart peaks this much lower than the one before
-  config.optimizer.warmup_steps = 0  # linear warm-up at the start of each cycle
+  config.training = _training()
+  config.optimizer = _optimizer()
 
   # Transfer (paper, Exp 2): start from another run's best checkpoint (or `init_step`).
   config.init_from = config_dict.placeholder(str)  # workdir of the earlier run
@@ -143,25 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
 
-  # Throughput benchmark (config.experiment = "benchmark"; lesion_jax/benchmark.py). It times the
+  # Throughput benchmark (config.experiment = "benchmark"; lesion_jax/benchmark/). It times the
   # real train and eval steps at data.image_size, batch_size_per_device and num_devices.
-  config.benchmark = ml_collections.ConfigDict()
-  # Models timed, each "name" or "name:option=value,...": Table 2's settings. Empty: config.model.
-  config.benchmark.models = (
-      "unet:ifc=32", "att_unet:ifc=64", "r2_unet:ifc=16", "att_r2_unet:ifc=64",
-      "deeplabv3plus_xception65:output_stride=16", "deeplab_mobilenetv2:alpha=1.0",
-      "deeplab_mobilenetv2:alpha=0.35")
-  config.benchmark.dtypes = ()  # compute dtypes compared, e.g. ("float32", "bfloat16"); (): model's
-  config.benchmark.warmup_steps = 2  # untimed steps after compilation
-  config.benchmark.steps = 10  # timed train steps, and as many eval steps
-  config.benchmark.pipeline_batches = 20  # batches timed through the input pipeline alone; 0: skip
-  config.benchmark.pipeline_images = 64  # synthetic images it reads, stored at data.image_size
-  # Also time the real training loop (input pipeline, augmentation, step, logging) per model.
-  config.benchmark.loop = True
-  config.benchmark.batch_sweep = False  # also double the per-device batch from 1 until it won't fit
-  config.benchmark.max_batch_per_device = 256  # the batch sweep stops here at the latest
-  config.benchmark.cpu_max_batch_per_device = 16  # ... and here on CPU (slow steps, shared RAM)
-  config.benchmark.device_sweep = False  # also time 1, 2, 4, ... local devices: scaling efficiency
+  config.benchmark = _benchmark()
 
   # Sweep (config.experiment = "sweep"; lesion_jax/sweep.py): one run per combination, each in
   # WORKDIR/<name made of its overrides>, then a Table 2-style table of them all.
@@ -180,6 +91,126 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.lock()
   return config
+
+
+def _model() -> ml_collections.ConfigDict:
+  """The network: `name` picks a registry entry; the other keys are passed when that model takes
+  them (so `--config.model.name=unet --config.model.ifc=16` works from any config)."""
+  model = ml_collections.ConfigDict()
+  model.name = "deeplab_mobilenetv2"
+  model.alpha = 0.35
+  model.output_stride = 16
+  model.ifc = config_dict.placeholder(int)
+  model.dtype = "float32"  # compute dtype; parameters stay float32. 'bfloat16' for speed.
+  # BatchNorm running-average momentum; None keeps the architecture's (Keras 0.999, TF 0.9997),
+  # right for the paper's long runs. Runs of a few hundred steps need ~0.99.
+  model.bn_momentum = config_dict.placeholder(float)
+  # Pretrained weights ("PreT" in Table 2) as 'KIND:PATH': 'keras_mobilenet_v2:<file.h5>' or
+  # 'deeplab_zoo:<model.ckpt-N>' (Pascal VOC / Cityscapes). `dont_load` applies here too.
+  model.init_from = config_dict.placeholder(str)
+  return model
+
+
+def _data() -> ml_collections.ConfigDict:
+  """Datasets, image size, augmentation and the input pipeline."""
+  data = ml_collections.ConfigDict()
+  # Training mixture: datasets whose `train` splits are mixed in proportion to their size, and
+  # whose `validation` splits (10% of train/val, paper 2.2) choose checkpoints and the threshold.
+  data.train = ("synthetic_lesions/dermoscopic",)
+  # Datasets whose `test` split is reported, each separately (Table 3). Empty: the train datasets.
+  data.test = ()
+  # Model input size: S (square, the paper's 512x512) or (height, width), e.g. (192, 256) for
+  # ISIC's 4:3 images. Both sides must be multiples of the model's stride.
+  data.image_size = ml_collections.FieldReference(512, field_type=object)
+  # Augmentation (paper 2.2), drawn per example on the device (lesion_jax/augment.py).
+  data.flip = True  # horizontal and vertical flips
+  data.rotate = True  # quarter turns (half turns for images that are not square)
+  # More augmentation (off by default), drawn per example after the flips and turns.
+  data.augment = ml_collections.ConfigDict()
+  data.augment.scale = (1.0, 1.0)  # random zoom range, aspect kept (e.g. (0.8, 1.25))
+  data.augment.rotation_degrees = 0.0  # rotation by any angle in +-this
+  data.augment.elastic_pixels = 0.0  # elastic (grid) distortion of up to this many pixels
+  data.augment.elastic_grid = 4  # its control points per side
+  data.augment.brightness = 0.0  # colour factors drawn in 1 +- strength
+  data.augment.contrast = 0.0
+  data.augment.saturation = 0.0
+  data.augment.hue = 0.0  # hue rotation of up to +-this many turns (e.g. 0.05)
+  data.data_dir = config_dict.placeholder(str)  # tfds data dir; None: ~/tensorflow_datasets
+  data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
+  # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
+  data.manual_dirs = ml_collections.ConfigDict(
+      {name: config_dict.placeholder(str) for name in ("isic", "ph2", "dermofit", "smartskins")})
+  data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
+  # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
+  # so training does not decode large JPEGs every epoch. None: native resolution.
+  data.stored_size = ml_collections.FieldReference(None, field_type=object)
+  # The synthetic builder's settings (count, stored size, seed) for synthetic_lesions/*.
+  data.synthetic = ml_collections.ConfigDict(
+      dict(num_images=300, image_size=256, seed=0))
+  data.num_threads = 2  # host threads decoding and resizing examples
+  # Decode and resize every training and validation image once, into memory, when they fit in
+  # this many GB (2000 images at 256x256 take 0.5 GB); beyond it, or at 0, each read decodes.
+  data.cache_gb = 8.0
+  return data
+
+
+def _training() -> ml_collections.ConfigDict:
+  """Epochs, early stopping, logging, steps per dispatch and the divergence guard."""
+  training = ml_collections.ConfigDict()
+  training.num_epochs = 100
+  training.max_steps = config_dict.placeholder(int)  # cap on steps (smoke tests); None: epochs
+  training.patience = 10  # early stopping: evaluations without a better validation JA
+  training.log_every_steps = 20
+  training.eval_every_epochs = 1
+  # Train steps per pmapped call (lax.scan), to cut launch overhead where a step is short (GPU).
+  # None: the backend's measured default (train.DEFAULT_STEPS_PER_DISPATCH). Logging, evaluation
+  # and saving still happen at the same steps; a signal stops after the call in flight.
+  training.steps_per_dispatch = config_dict.placeholder(int)
+  training.tensorboard_images = 4  # predictions shown in TensorBoard at each evaluation
+  # Divergence: training stops with an error (exit code 3) when a step's loss is NaN or
+  # infinite, or exceeds this many times the mean loss of the run's first
+  # `divergence_reference_steps` steps (0 turns the second check off).
+  training.divergence_factor = 100.0
+  training.divergence_reference_steps = 50
+  return training
+
+
+def _optimizer() -> ml_collections.ConfigDict:
+  """Adam with cosine annealing and warm restarts (SGDR, Loshchilov & Hutter; paper's [8])."""
+  optimizer = ml_collections.ConfigDict()
+  optimizer.learning_rate = 1e-3  # peak of the first cycle
+  optimizer.min_learning_rate = 1e-6  # end of every cycle
+  optimizer.cycle_epochs = 10.0  # length of the first cycle
+  optimizer.cycle_mult = 2.0  # each cycle is this much longer than the one before
+  optimizer.peak_decay = 0.9  # each restart peaks this much lower than the one before
+  optimizer.warmup_steps = 0  # linear warm-up at the start of each cycle
+  # Adam on one flat vector of all parameters (optax.flatten): one fused update instead of a few
+  # kernels per parameter tensor, for steps bound by kernel launches (a GPU at batch 4). The
+  # same numbers; a run resumes only with the setting it started with (the state's layout).
+  optimizer.flatten = False
+  return optimizer
+
+
+def _benchmark() -> ml_collections.ConfigDict:
+  """The throughput benchmark: models, sizes, steps and sweeps timed."""
+  benchmark = ml_collections.ConfigDict()
+  # Models timed, each "name" or "name:option=value,...": Table 2's settings. Empty: config.model.
+  benchmark.models = (
+      "unet:ifc=32", "att_unet:ifc=64", "r2_unet:ifc=16", "att_r2_unet:ifc=64",
+      "deeplabv3plus_xception65:output_stride=16", "deeplab_mobilenetv2:alpha=1.0",
+      "deeplab_mobilenetv2:alpha=0.35")
+  benchmark.dtypes = ()  # compute dtypes compared, e.g. ("float32", "bfloat16"); (): model's
+  benchmark.warmup_steps = 2  # untimed steps after compilation
+  benchmark.steps = 10  # timed train steps, and as many eval steps
+  benchmark.pipeline_batches = 20  # batches timed through the input pipeline alone; 0: skip
+  benchmark.pipeline_images = 64  # synthetic images it reads, stored at data.image_size
+  # Also time the real training loop (input pipeline, augmentation, step, logging) per model.
+  benchmark.loop = True
+  benchmark.batch_sweep = False  # also double the per-device batch from 1 until it won't fit
+  benchmark.max_batch_per_device = 256  # the batch sweep stops here at the latest
+  benchmark.cpu_max_batch_per_device = 16  # ... and here on CPU (slow steps, shared RAM)
+  benchmark.device_sweep = False  # also time 1, 2, 4, ... local devices: scaling efficiency
+  return benchmark
 
 
 def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:

@@ -119,7 +119,14 @@ def _optimizer(total_steps: int, steps_per_epoch: int, optimizer_settings: str,
   """
   settings = ml_collections.ConfigDict(json.loads(optimizer_settings))
   schedule = optim.sgdr_schedule(total_steps, steps_per_epoch, settings)
-  return transfer.freeze(optim.adam(schedule), frozen), schedule
+  return transfer.freeze(optim.adam(schedule, settings.flatten), frozen), schedule
+
+
+def optimizer(config: ml_collections.ConfigDict, total_steps: int,
+              steps_per_epoch: int) -> tuple[Any, Callable]:
+  """(the run's optimiser, its learning-rate schedule) from config.optimizer and config.frozen."""
+  return _optimizer(total_steps, steps_per_epoch,
+                    json.dumps(config.optimizer.to_dict(), sort_keys=True), tuple(config.frozen))
 
 
 @functools.lru_cache(maxsize=16)
@@ -296,9 +303,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   global_batch = config.batch_size_per_device * len(devices) * parallel.process_count()
   steps_per_epoch, total_steps, eval_every = _step_plan(config, datasets.train_size,
                                                         global_batch)
-  tx, schedule = _optimizer(total_steps, steps_per_epoch,
-                            json.dumps(config.optimizer.to_dict(), sort_keys=True),
-                            tuple(config.frozen))
+  tx, schedule = optimizer(config, total_steps, steps_per_epoch)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), size)
   transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)

@@ -41,6 +41,20 @@ def _synthetic_source(count: int, seed: int) -> list[dict]:
   return examples
 
 
+def _checkpoint_round_trip(directory: str, params) -> bool:
+  """Saves `params` as every process's latest checkpoint and reads them back: equal?"""
+  import jax
+  import numpy as np
+
+  from lesion_jax import checkpoint
+  checkpoints = checkpoint.RunCheckpoints(directory)
+  checkpoints.save_latest(TRAIN_STEPS, {"params": params}, {"step": TRAIN_STEPS})
+  restored, meta = checkpoints.restore_latest({"params": params})
+  checkpoints.close()
+  return meta["step"] == TRAIN_STEPS and all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(restored["params"]), jax.tree.leaves(params)))
+
+
 def worker(num_processes: int, process_id: int, port: int, local_devices: int,
            out_dir: str) -> None:
   # Both settings must precede the first use of a JAX backend.
@@ -58,7 +72,7 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   import numpy as np
   import optax
 
-  from lesion_jax import augment, checkpoint, losses, metrics, train
+  from lesion_jax import augment, losses, metrics, train
   from lesion_jax import evaluation as evaluation_lib
   from lesion_jax.data import pipeline
 
@@ -101,13 +115,6 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
   order = np.argsort(evaluation.index)
 
   host = parallel.unreplicate(replicated)
-  checkpoints = checkpoint.RunCheckpoints(os.path.join(out_dir, "run"))
-  checkpoints.save_latest(TRAIN_STEPS, {"params": host.params}, {"step": TRAIN_STEPS})
-  restored, meta = checkpoints.restore_latest({"params": host.params})
-  checkpoints.close()
-  restored_equal = all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(restored["params"]), jax.tree.leaves(host.params)))
-
   result = {
       "process_index": parallel.process_index(),
       "process_count": parallel.process_count(),
@@ -117,7 +124,8 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
                  for path, leaf in jax.tree_util.tree_leaves_with_path(host.params)},
       "eval_index": evaluation.index[order].tolist(),
       "eval_counts": evaluation.counts[order].tolist(),
-      "checkpoint_restored_equal": bool(restored_equal and meta["step"] == TRAIN_STEPS),
+      "checkpoint_restored_equal": _checkpoint_round_trip(os.path.join(out_dir, "run"),
+                                                          host.params),
   }
   with open(os.path.join(out_dir, f"process{process_id}.json"), "w") as f:
     json.dump(result, f)

@@ -184,6 +184,22 @@ def test_dispatch_plan_never_crosses_a_logging_evaluation_or_save_step():
   assert loop_lib.dispatch_plan(5, 12, 8, (4,)) == [(8, 3), (12, 4)]
 
 
+def test_config_optimizer_flatten_gives_the_run_adam_on_one_flat_vector():
+  """The key reaches the optimiser a run builds (the update itself: tests/test_optim.py)."""
+  import jax
+
+  from lesion_jax.config import base_config
+  params = {"conv": np.zeros((3, 3, 2, 4), np.float32), "bias": np.zeros(4, np.float32)}
+  sizes = {}
+  for flatten in (False, True):
+    config = base_config()
+    config.optimizer.flatten = flatten
+    tx, _ = train.optimizer(config, total_steps=100, steps_per_epoch=10)
+    sizes[flatten] = sorted(np.size(x) for x in jax.tree.leaves(tx.init(params))
+                            if x.dtype == np.float32)
+  assert sizes == {False: [4, 4, 72, 72], True: [76, 76]}
+
+
 def test_k_steps_per_dispatch_give_the_parameters_of_k_single_steps():
   """With dropout, BatchNorm and augmentation: the scan carries every per-step draw."""
   import functools

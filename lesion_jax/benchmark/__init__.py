@@ -235,12 +235,14 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str,
   _prepare_workdir(workdir, overwrite)
   env = environment()
   env["load_average_start"] = _load_average()
+  env["adam_flat"] = bool(config.optimizer.flatten)
   rows = _Rows(workdir, env, notes=[])
   bench = _Bench(config, rows)
   if config.benchmark.pipeline_batches:
     bench.input_pipeline()
   for setting in settings:
-    state = initial_state(setting.create(dtypes[0]), bench.size, config.seed)
+    state = initial_state(setting.create(dtypes[0]), bench.size, config.seed,
+                          flatten=config.optimizer.flatten)
     for dtype in dtypes:
       bench.models(setting, state, dtype)
       if config.benchmark.batch_sweep:

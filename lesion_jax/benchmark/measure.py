@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from lesion_jax import augment, loop as loop_lib
 from lesion_jax import metrics as metrics_lib
-from lesion_jax import parallel, preemption, train
+from lesion_jax import optim, parallel, preemption, train
 from lesion_jax.data import pipeline
+
 
 class DoesNotFit(RuntimeError):
   """A setting needs more memory than the device has (found before or while running it)."""
@@ -104,15 +104,16 @@ def synthetic_batch(devices: Sequence[jax.Device], batch_per_device: int, image_
   return next(parallel.prefetch_to_devices([batch], devices, size=1))
 
 
-def initial_state(model, image_size: int, seed: int = 0,
-                  learning_rate: float = 1e-3) -> train.TrainState:
-  """A fresh train state (Adam, as in training) fetched to the host.
+def initial_state(model, image_size: int, seed: int = 0, learning_rate: float = 1e-3,
+                  flatten: bool = False) -> train.TrainState:
+  """A fresh train state (Adam, as in training; `flatten`: config.optimizer.flatten) fetched
+  to the host.
 
   Parameters are float32 whatever the compute dtype, so one initialisation serves every dtype,
   batch size and device count of a model.
   """
   return jax.device_get(train.create_train_state(
-      model, optax.adam(learning_rate), jax.random.PRNGKey(seed), image_size))
+      model, optim.adam(learning_rate, flatten), jax.random.PRNGKey(seed), image_size))
 
 
 def lowered_flops(lowered) -> float | None:

@@ -88,6 +88,9 @@ def markdown(rows: Sequence[dict], env: dict, notes: Sequence[str] = ()) -> str:
     lines.append("Host memory: " + (f"GLIBC_TUNABLES={tunables}" if tunables else
                                     "glibc defaults (4 KiB pages; see lesion_jax/hugepages.py)")
                  + ".")
+  if "adam_flat" in env:
+    lines.append("Adam: " + ("on one flat vector of all parameters (config.optimizer.flatten)."
+                             if env["adam_flat"] else "one update per parameter tensor."))
   if env.get("load_average_start") is not None:
     lines.append(f"Host load average (1, 5, 15 min) at start {env['load_average_start']}"
                  + (f", at end {env['load_average_end']}" if env.get("load_average_end")

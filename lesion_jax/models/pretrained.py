@@ -239,6 +239,37 @@ def _is_depthwise_kernel(name: str) -> bool:
   return name.endswith(("depthwise_weights", "depthwise_kernel"))
 
 
+def _check_every_variable_matched(source: Mapping[str, Any], used: set[str],
+                                  skip_source: set[str], missing: list[str],
+                                  mismatched: list[str], report: LoadReport, what: str) -> None:
+  """Sorts the source variables `_assign` did not use into the report; raises one error that
+  lists every model variable without a match, every shape mismatch and every unused source
+  variable."""
+  unused = []
+  for name in source:
+    if name in used:
+      continue
+    if IGNORED_SOURCE.search(name):
+      report.ignored_source.append(name)
+    elif name in skip_source:
+      report.skipped_source.append(name)
+    else:
+      unused.append(name)
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} model variables have no match in the {what}:\n  "
+                    + "\n  ".join(missing))
+  if mismatched:
+    problems.append(f"{len(mismatched)} shapes differ (model <- {what}):\n  "
+                    + "\n  ".join(mismatched))
+  if unused:
+    problems.append(f"{len(unused)} {what} variables match nothing in the model:\n  "
+                    + "\n  ".join(sorted(unused)))
+  if problems:
+    raise PretrainedMismatchError(
+        "\n".join(problems) + "\n(use dont_load=[regex] to keep model variables at init)")
+
+
 def _assign(variables: Mapping[str, Any], source: Mapping[str, Any],
             name_of: Callable[[str, tuple[str, ...]], str], *, prefix: tuple[str, ...],
             dont_load: Sequence[str], skip_source: Iterable[str], what: str
@@ -291,29 +322,7 @@ def _assign(variables: Mapping[str, Any], source: Mapping[str, Any],
       used.add(name)
       report.loaded.append(flax_name)
       new.setdefault(collection, {})[path] = jnp.asarray(array, dtype=value.dtype)
-  unused = []
-  for name in source:
-    if name in used:
-      continue
-    if IGNORED_SOURCE.search(name):
-      report.ignored_source.append(name)
-    elif name in skip_source:
-      report.skipped_source.append(name)
-    else:
-      unused.append(name)
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} model variables have no match in the {what}:\n  "
-                    + "\n  ".join(missing))
-  if mismatched:
-    problems.append(f"{len(mismatched)} shapes differ (model <- {what}):\n  "
-                    + "\n  ".join(mismatched))
-  if unused:
-    problems.append(f"{len(unused)} {what} variables match nothing in the model:\n  "
-                    + "\n  ".join(sorted(unused)))
-  if problems:
-    raise PretrainedMismatchError(
-        "\n".join(problems) + "\n(use dont_load=[regex] to keep model variables at init)")
+  _check_every_variable_matched(source, used, skip_source, missing, mismatched, report, what)
   result = {collection: flax.traverse_util.unflatten_dict(flat)
             for collection, flat in new.items()}
   for collection, value in variables.items():  # other collections pass through untouched
