@@ -50,7 +50,7 @@ def use_conv_net(monkeypatch):
   monkeypatch.setattr(benchmark.ModelSetting, "create",
                       lambda self, dtype, **extra: ConvNet(dtype=jnp.dtype(dtype)))
   monkeypatch.setattr(benchmark, "initial_state",
-                      lambda model, image_size, seed=0: conv_net_state(image_size))
+                      lambda model, image_size, seed=0, **options: conv_net_state(image_size))
 
 
 def bench_config(data_dir: str, **changes):
@@ -187,6 +187,7 @@ def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path,
   assert "largest batch per device that fits: 2 (the sweep stops at 2)" in table
   assert "loop img/s" in table and "loop / step" in table
   assert "Input pipeline alone:" in table and "decoded once into memory" in table
+  assert "Adam: one update per parameter tensor." in table
   with pytest.raises(FileExistsError, match="--overwrite"):
     benchmark.run_benchmark(config, workdir)
 
