@@ -27,9 +27,11 @@ The recipe (docs/isic2017.md has the ablation behind it, each change alone and t
 paired bootstrap CIs): the paper's model, 256x256 images, flips and quarter turns and SGDR
 cycles of 10 epochs, with the Jaccard loss instead of the soft Dice, test-time augmentation over
 the 4 flips, and 70 epochs (three whole cycles) without early stopping.
-Expected, `:dev,cpu` against `:dev,paper,cpu` (2-core CPU, about 15 minutes each, 2026-12-04):
-test JA 73.82 against 71.58, +2.24 [95% CI +1.21, +3.30] (TJA 63.53, DI 82.69).
-The challenge winner reached JA 0.765 on the 600 test images.
+Expected, `:dev` against `:dev,paper` (2-core CPU, 91 and 48 minutes, 2026-12-05): test JA
+76.52 against 75.15, +1.37 [95% CI +0.30, +2.40] (TJA 69.32, DI 84.26); `:dev,cpu` against
+`:dev,paper,cpu` (about 15 minutes each, 2026-12-04): test JA 73.82 against 71.58.
+The challenge winner reached JA 0.765 on the 600 test images (the `dev` test is the 150
+validation images, another sample).
 """
 import os
 
