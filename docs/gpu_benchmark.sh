@@ -33,6 +33,9 @@ if [ -n "${GPU_BENCHMARK_SMOKE:-}" ]; then
 fi
 MODELS='("deeplab_mobilenetv2:alpha=0.35", "deeplab_mobilenetv2:alpha=1.0", "unet:ifc=16")'
 BUFFERS="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+# The launch-bound step's two remedies: XLA's CUDA graphs, and 4 steps per device call.
+BUFFERS_FLAG="--config.xla_gpu_command_buffer=$BUFFERS"
+K4_FLAG="--config.training.steps_per_dispatch=4"
 
 { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
   "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
@@ -61,16 +64,14 @@ for stage in $STAGES; do
       SIZE=$ISIC IMAGES=$ISIC_IMAGES
       M='("deeplab_mobilenetv2:alpha=0.35",)'
       bench isic_256 --config.benchmark.models="$M"
-      bench isic_256_buffers --config.benchmark.models="$M" --config.xla_gpu_command_buffer=$BUFFERS
-      bench isic_256_k4 --config.benchmark.models="$M" --config.training.steps_per_dispatch=4
-      bench isic_256_both --config.benchmark.models="$M" --config.xla_gpu_command_buffer=$BUFFERS \
-        --config.training.steps_per_dispatch=4 ;;
+      bench isic_256_buffers --config.benchmark.models="$M" "$BUFFERS_FLAG"
+      bench isic_256_k4 --config.benchmark.models="$M" "$K4_FLAG"
+      bench isic_256_both --config.benchmark.models="$M" "$BUFFERS_FLAG" "$K4_FLAG" ;;
     jax_fast)  # the three models at 512 with command buffers and 4 steps per call
-      bench jax_512_both --config.benchmark.models="$MODELS" --config.xla_gpu_command_buffer=$BUFFERS \
-        --config.training.steps_per_dispatch=4 ;;
+      bench jax_512_both --config.benchmark.models="$MODELS" "$BUFFERS_FLAG" "$K4_FLAG" ;;
     jax_flat)  # the same, with Adam as one fused update (config.optimizer.flatten)
-      bench jax_512_flat --config.benchmark.models="$MODELS" --config.xla_gpu_command_buffer=$BUFFERS \
-        --config.training.steps_per_dispatch=4 --config.optimizer.flatten=True ;;
+      bench jax_512_flat --config.benchmark.models="$MODELS" "$BUFFERS_FLAG" "$K4_FLAG" \
+        --config.optimizer.flatten=True ;;
     *) echo "unknown stage $stage (jax, torch, isic, jax_fast, jax_flat)"; exit 2 ;;
   esac
 done
