@@ -66,6 +66,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the 4 flips otherwise), probabilities averaged before the threshold. Validation during
   # training, which chooses the checkpoint, stays without.
   config.evaluation.tta = "none"
+  # The weights scored at the end: 'best' (the best validation checkpoint) or 'ema' (the
+  # weight average of the last step; needs training.ema_decay).
+  config.evaluation.weights = "best"
+  # Masks cleaned before they are scored and written (lesion_jax/postprocess.py): 'none' or
+  # 'largest_component' (the largest region, its holes filled).
+  config.evaluation.postprocess = "none"
 
   config.report = ml_collections.ConfigDict()
   config.report.num_overlays = 3  # best and worst test images drawn in Fig. 1 colours
@@ -139,7 +145,8 @@ def _data() -> ml_collections.ConfigDict:
   data.manual_dir = config_dict.placeholder(str)  # official archives (one root, or per name)
   # Per-database archive folders; each overrides `manual_dir` (e.g. --config.data.manual_dirs.isic=...).
   data.manual_dirs = ml_collections.ConfigDict(
-      {name: config_dict.placeholder(str) for name in ("isic", "ph2", "dermofit", "smartskins")})
+      {name: config_dict.placeholder(str)
+       for name in ("isic", "ph2", "dermofit", "smartskins", "waterloo")})
   data.options = ml_collections.ConfigDict()  # {dataset name: {builder option: value}}
   # Real databases: store a copy resized to this size (e.g. 512) instead of the native images,
   # so training does not decode large JPEGs every epoch. None: native resolution.
@@ -160,6 +167,9 @@ def _training() -> ml_collections.ConfigDict:
   training.num_epochs = 100
   training.max_steps = config_dict.placeholder(int)  # cap on steps (smoke tests); None: epochs
   training.patience = 10  # early stopping: evaluations without a better validation JA
+  # An exponential moving average of the weights and BatchNorm statistics, kept in latest/
+  # checkpoints (lesion_jax/levers.py scores it); e.g. 0.9995. None: none kept.
+  training.ema_decay = config_dict.placeholder(float)
   training.log_every_steps = 20
   training.eval_every_epochs = 1
   # Train steps per pmapped call (lax.scan), to cut launch overhead where a step is short (GPU).
@@ -286,6 +296,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_seconds is not None and not config.checkpoint.every_seconds > 0:
     raise ConfigError("config.checkpoint.every_seconds must be > 0 (or None), got "
                       f"{config.checkpoint.every_seconds}")
+  if config.training.ema_decay is not None and not 0 < config.training.ema_decay < 1:
+    raise ConfigError("config.training.ema_decay must be in (0, 1) (or None for no average), "
+                      f"got {config.training.ema_decay}")
+  if config.evaluation.weights not in ("best", "ema"):
+    raise ConfigError(f"config.evaluation.weights must be 'best' or 'ema', got "
+                      f"{config.evaluation.weights!r}")
+  if config.evaluation.weights == "ema" and config.training.ema_decay is None:
+    raise ConfigError("config.evaluation.weights='ema' needs config.training.ema_decay (e.g. "
+                      "0.9995): without it no weight average is kept")
+  from lesion_jax import postprocess as postprocess_lib
+  postprocess_lib.POSTPROCESS.get(config.evaluation.postprocess, "config.evaluation.postprocess")
   if config.training.patience < 0:
     raise ConfigError(f"config.training.patience must be >= 0, got {config.training.patience}")
   if config.model.dtype not in ("float32", "bfloat16", "float16"):

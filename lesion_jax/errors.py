@@ -9,7 +9,8 @@ code that catches those still catches these.
 Exit codes of `launch.py`:
   0   the run finished (results.json written);
   1   an unexpected error (a traceback follows);
-  2   bad input: a config value, a path, a dataset, a workdir holding another run;
+  2   bad input: a config value, a path, a dataset, a workdir holding another run or in use by
+      one, a full disk;
   3   training diverged (non-finite or exploding loss); the last good checkpoint is kept;
   75  stopped by SIGTERM or SIGINT after saving the step it reached; rerun the same command
       to resume (75 is EX_TEMPFAIL, "try again later").
@@ -45,6 +46,14 @@ class WorkdirError(LesionJaxError, FileExistsError):
   """A workdir or output already holds something that must not be overwritten unasked."""
 
 
+class WorkdirInUseError(WorkdirError):
+  """Another run holds the workdir's lock (WORKDIR/.lock); the message names its host and pid."""
+
+
+class DiskFullError(LesionJaxError, OSError):
+  """A write failed for lack of space (or quota); the message names the checkpoint kept."""
+
+
 class UnknownNameError(LesionJaxError, KeyError):
   """A name that is not registered; the message lists the valid names."""
 
@@ -69,6 +78,6 @@ class RunStopped(BaseException):
     self.signal_name = signal_name
 
 
-__all__ = ["ConfigError", "DataError", "EXIT_BAD_INPUT", "EXIT_DIVERGED", "EXIT_STOPPED",
-           "LesionJaxError", "MissingPathError", "RunStopped", "TrainingDiverged",
-           "UnknownNameError", "WorkdirError"]
+__all__ = ["ConfigError", "DataError", "DiskFullError", "EXIT_BAD_INPUT", "EXIT_DIVERGED",
+           "EXIT_STOPPED", "LesionJaxError", "MissingPathError", "RunStopped", "TrainingDiverged",
+           "UnknownNameError", "WorkdirError", "WorkdirInUseError"]

@@ -57,16 +57,39 @@ def evaluate(p_eval_step: Callable, replicated_state, source, size, *,
 # ----------------------------------------------------------------------------------------------
 # The end of a run.
 
-def score_test_splits(p_eval, replicated, test_sources: dict, size, t_index: int,
-                 eval_kwargs: dict) -> tuple[dict, dict]:
+def evaluate_on_host(model, variables, source, size, *, tta: str = "none",
+                     postprocess: str = "none", batch_size: int = 4) -> Evaluation:
+  """`evaluate` with the masks post-processed (lesion_jax/postprocess.py) before they are
+  counted, which binarises at every threshold on the host. The losses are not computed (NaN)."""
+  from lesion_jax import postprocess as postprocess_lib
+
+  read = ((lambda i: source[i]) if isinstance(source, pipeline.DecodedSplit)
+          else (lambda i: pipeline.prepare_example(source[i], size)))
+  counts = []
+  compiled = inference.jitted_probabilities(model, tta)
+  for start in range(0, len(source), 64):  # a bounded share of the split in memory at once
+    examples = [read(i) for i in range(start, min(start + 64, len(source)))]
+    probs = inference.predict_probabilities(
+        model, variables, np.stack([e["image"] for e in examples]), batch_size=batch_size,
+        compiled=compiled)
+    masks = np.stack([e["mask"][..., 0] for e in examples])
+    counts.append(postprocess_lib.counts_at_thresholds(probs, masks, postprocess))
+  counts = np.concatenate(counts)
+  return Evaluation(counts=counts, loss=np.full(len(counts), np.nan),
+                    index=np.arange(len(counts)))
+
+
+def score_test_splits(evaluate_split: Callable, test_sources: dict,
+                      t_index: int) -> tuple[dict, dict]:
   """Per test database: the macro-averaged metrics at threshold index `t_index`, and the
-  per-image (Evaluation, metrics) pairs the reports need."""
+  per-image (Evaluation, metrics) pairs the reports need. `evaluate_split(source)` gives a
+  split's Evaluation."""
   results, per_image = {}, {}
   for name, source in test_sources.items():
     if len(source) == 0:
       logging.warning("%s has an empty test split; it is not reported", name)
       continue
-    evaluation = evaluate(p_eval, replicated, source, size, **eval_kwargs)
+    evaluation = evaluate_split(source)
     counts = evaluation.counts[:, t_index]
     results[name] = {**metrics_lib.macro_average(counts), "n_images": int(len(counts))}
     per_image[name] = (evaluation, metrics_lib.isic_metrics(counts))
@@ -116,19 +139,35 @@ def image_ids(source, indices: np.ndarray) -> list[str]:
   return ids
 
 
+# Validation images are named by their position in the run's validation split (the same split
+# in every run of the same datasets), which a decoded split holds without its ids.
+VALIDATION_ID_PREFIX = "#"
+
+
 def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: dict,
                   test_sources: dict, model, variables, size, num_overlays: int,
-                  tta: str = "none") -> None:
+                  tta: str = "none", postprocess: str = "none",
+                  validation: tuple[Evaluation, int] | None = None) -> None:
   """results.md, the curves, per_image.csv and the overlays of the best and worst test images."""
   report.write_run_report(workdir, results, ja_curve=ja_curve,
                           thresholds=metrics_lib.THRESHOLDS)
   report.write_per_image(workdir, {
       name: (image_ids(test_sources[name], evaluation.index), image_metrics)
       for name, (evaluation, image_metrics) in per_image.items()})
+  if validation is not None:
+    evaluation, t_index = validation
+    ids = [f"{VALIDATION_ID_PREFIX}{i}" for i in evaluation.index]
+    report.write_per_image(workdir, {report.VALIDATION_SUBSET: (
+        ids, metrics_lib.isic_metrics(evaluation.counts[:, t_index]))},
+        report.VALIDATION_PER_IMAGE)
   for name, (evaluation, image_metrics) in per_image.items():
     picks = report.overlay_picks(image_metrics["ja"], num_overlays)
     examples = [test_sources[name][int(evaluation.index[p])] for _, _, p in picks]
     probs = inference.predict_examples(model, variables, examples, size, tta)
+    if postprocess != "none":  # drawn as scored: the cleaned mask, at the threshold
+      from lesion_jax import postprocess as postprocess_lib
+      probs = postprocess_lib.binarize(probs, results["threshold"], postprocess).astype(
+          np.float32)
     report.write_overlays(workdir, name, picks, examples, probs, image_metrics["ja"],
                           size, results["threshold"])
 
@@ -139,5 +178,6 @@ def write_results(workdir: str, results: dict) -> None:
     workdir_lib.write_json_atomically(os.path.join(workdir, "results.json"), results)
 
 
-__all__ = ["Evaluation", "collapse_warnings", "evaluate", "image_ids", "score_test_splits",
-           "threshold_search", "validation_summary", "write_reports", "write_results"]
+__all__ = ["Evaluation", "collapse_warnings", "evaluate", "evaluate_on_host", "image_ids",
+           "score_test_splits", "threshold_search", "validation_summary", "write_reports",
+           "write_results"]

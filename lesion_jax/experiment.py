@@ -19,6 +19,7 @@ import ml_collections
 
 from lesion_jax import config as config_lib
 from lesion_jax import parallel
+from lesion_jax import workdir as workdir_lib
 from lesion_jax.registry import Registry
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +52,13 @@ EXPERIMENTS.add("transfer", Experiment("sweep:run_transfer", "sweep:transfer_end
 
 
 # Library warnings that say nothing a user can act on; the run's log.txt still has them.
-QUIET_LIBRARY_WARNINGS = ("OpenCV is not installed", "Using custom data configuration")
+QUIET_LIBRARY_WARNINGS = ("OpenCV is not installed", "Using custom data configuration",
+                          # orbax, of a damaged checkpoint step, which we report in one line;
+                          # asyncio, of orbax's other reads once one of them failed
+                          "Metadata file does not exist", "Task exception was never retrieved",
+                          "Future exception was never retrieved")
+# How orbax's writers (tensorstore) and the OS word a full disk.
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 class _ConsoleFilter(logging.Filter):
@@ -63,7 +70,15 @@ class _ConsoleFilter(logging.Filter):
     if record.pathname.startswith(PACKAGE_DIR):
       return record.levelno >= logging.INFO
     return (record.levelno >= logging.WARNING
-            and not str(record.msg).startswith(QUIET_LIBRARY_WARNINGS))
+            and not str(record.msg).startswith(QUIET_LIBRARY_WARNINGS)
+            and not _about_a_full_disk(record))
+
+
+def _about_a_full_disk(record: logging.LogRecord) -> bool:
+  # orbax logs each failed background write with its traceback; the run then ends with one
+  # `error:` line saying the disk is full (errors.DiskFullError), which is all the user needs.
+  text = str(record.msg) + (str(record.exc_info[1]) if record.exc_info else "")
+  return any(phrase in text for phrase in DISK_FULL_TEXT)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -122,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, overwrite: bo
   # A bad config or workdir is reported before anything else is printed.
   config_lib.validate(config)
   workdir = workdir or default_workdir(config_path)
-  config_lib.check_workdir_parent(workdir)
+  workdir_lib.check_workdir(workdir)
   _enable_compilation_cache()
   logging.info("lesion_jax: %s %s in %s (%s)", config.experiment, config_path or "config",
                workdir, overrides_line(overrides))

@@ -133,7 +133,8 @@ class MetricWriter:
   def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = parallel.is_main_process()
     path = os.path.join(workdir, "metrics.jsonl")
-    if self.enabled and start_step and os.path.exists(path):
+    # From step 0 too: a run that starts again (no checkpoint restored) logs every step anew.
+    if self.enabled and os.path.exists(path):
       _drop_rows_after(path, start_step)
     self._jsonl = open(path, "a") if self.enabled else None
     self._tb = None
@@ -334,6 +335,9 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.St
   `untimed_calls` calls (compilation; a benchmark's warm-up).
   """
   step = run.start_step
+  if loop.should_stop and step < run.total_steps:
+    logging.info("The run stopped early at step %d (no better validation JA for %d "
+                 "evaluations): nothing more to train", step, run.config.training.patience)
   if loop.should_stop or step >= run.total_steps:
     return replicated, step
   config = run.config
@@ -375,7 +379,8 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.St
     losses.flush()
   finally:
     progress.close()
-    writer.close()
+    with contextlib.suppress(OSError):  # a full disk: the error in flight, if any, says so
+      writer.close()
     run.checkpoints.wait()  # an asynchronous save in flight is finished before anything else
   return replicated, step
 

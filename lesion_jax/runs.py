@@ -60,17 +60,27 @@ def abstract_variables(model, image_size) -> dict:
   return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
 
 
+def _results(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def load_run(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` with its best checkpoint's variables (or those of `step`)."""
   workdir = os.path.expanduser(workdir)
   config = read_config(workdir)
   model = config_lib.models_from_config(config)
   target = abstract_variables(model, config.data.image_size)
-  variables, meta = checkpoint_lib.restore_variables(workdir, target, step=step)
-  results = None
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
+  weights = config.get("evaluation", {}).get("weights", "best")
+  results = _results(workdir)
+  if weights == "ema" and step is None and results is not None:
+    # The run reported its weight average at its last step: use what it was scored with.
+    step = int(results["best_step"])
+    variables, meta = checkpoint_lib.read_ema(workdir, step), {"step": step, "weights": "ema"}
+  else:
+    variables, meta = checkpoint_lib.restore_variables(workdir, target, step=step)
   return Run(workdir=workdir, config=config, model=model, variables=variables, meta=meta,
              results=results)

@@ -6,15 +6,19 @@ Prints the six macro averages (tja, ja, di, ac, se, sp, as fractions) and n_imag
 numbers equal those of the official `isic-challenge-scoring` segmentation scorer on the same
 folders (tests/test_score.py checks this).
 
-- Pairing: truth and prediction files are paired by image id. The id is the file stem without
-  an `_segmentation` suffix (any letter case), so ISIC 2018 `<id>_segmentation.png`, ISIC 2016
-  `<id>_Segmentation.png` and plain `<id>.png` all pair with one another. Only `*.png` files are
-  read; anything else in the folders (LICENSE.txt, ...) is ignored.
+- Pairing: truth and prediction files are paired by image id (PAIRING_RULE): the file stem
+  without a mask suffix, `_segmentation` (ISIC 2018; `_Segmentation`, ISIC 2016), `_lesion`
+  (PH2) or `_contour` (Waterloo), in any letter case, and without Waterloo's photo suffix
+  `_orig`. So `IMD003_lesion.png`, `IMD003_segmentation.png` (what `lesion_jax.predict` writes)
+  and `IMD003.png` all pair with one another. Masks are PNGs, or BMPs as PH2 ships them; other
+  files in the folders (LICENSE.txt, ...) are ignored. Two files of one folder with the same id
+  are an error that names both.
 - Binarisation: a pixel is lesion when its value is > threshold (default 128), in the truth and
   the prediction alike, as the official scorer does. For 0/255 masks any threshold in [0, 254]
   gives the same result.
 - Bad input: the whole input is checked first, then every problem is reported at once.
-  - missing partners, duplicate ids, an empty folder;
+  - files without a partner (a few named from each side, with the pairing rule), duplicate
+    ids, an empty folder;
   - unreadable or non-greyscale PNGs, size mismatches;
   - 0/1-valued masks, which `> 128` would silently read as empty.
   The exit code is 2, and no traceback is printed.
@@ -32,42 +36,70 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lesion_jax import metrics
+from lesion_jax.errors import DataError
 
 DEFAULT_THRESHOLD = 128
+# BMP too: PH2 ships its masks as IMDxxx_lesion.bmp; both formats are lossless.
+MASK_EXTENSIONS = (".png", ".bmp")
+# The lazy `.+?` leaves the optional suffixes as long as they can be; one of each at most.
+_ID = re.compile(r"(.+?)(_orig)?(_(?:segmentation|lesion|contour))?", re.IGNORECASE)
+PAIRING_RULE = ("masks pair by image id, the file name without its extension and without a "
+                "_segmentation (ISIC), _lesion (PH2) or _contour (Waterloo) suffix, in any "
+                "letter case, nor a Waterloo photo's _orig: IMD003_lesion.png pairs with "
+                "IMD003.png and IMD003_segmentation.png")
+# Unpaired files named per side in the error; more would bury the other problems.
+SHOWN_UNPAIRED = 5
 
-_SUFFIX = re.compile(r"_segmentation$", re.IGNORECASE)
 
-
-class ScoreInputError(ValueError):
+class ScoreInputError(DataError):
   """The folders cannot be scored; the message lists every problem found."""
 
 
+def stem_id(stem: str) -> str:
+  """The image id of a file stem: without its mask suffix (and `_orig`), see PAIRING_RULE."""
+  return _ID.fullmatch(stem).group(1)
+
+
 def image_id(path: pathlib.Path) -> str:
-  """The id a mask file is paired by: its stem without a `_segmentation` suffix."""
-  return _SUFFIX.sub("", path.stem)
+  """The id a mask file is paired by (PAIRING_RULE)."""
+  return stem_id(path.stem)
 
 
-def _index_folder(folder: pathlib.Path, role: str,
-                  problems: list[str]) -> dict[str, pathlib.Path]:
+def index_masks(folder: pathlib.Path, role: str,
+                problems: list[str]) -> dict[str, pathlib.Path]:
+  """{image id: mask file} of `folder`; appends to `problems` what is wrong with it."""
   if not folder.is_dir():
     problems.append(f"{role} folder {folder} does not exist or is not a folder")
     return {}
   by_id: dict[str, pathlib.Path] = {}
   for path in sorted(folder.iterdir()):
-    if not (path.is_file() and path.suffix.lower() == ".png"):
+    if not (path.is_file() and path.suffix.lower() in MASK_EXTENSIONS):
       continue
     key = image_id(path)
     if key in by_id:
-      problems.append(f"{role}: {by_id[key].name} and {path.name} both give image id {key!r}")
+      problems.append(f"{role}: {by_id[key].name} and {path.name} both give image id {key!r} "
+                      "(keep one of them)")
       continue
     by_id[key] = path
   if not by_id:
-    problems.append(f"{role} folder {folder} holds no .png masks")
+    problems.append(f"{role} folder {folder} holds no masks "
+                    f"({', '.join('*' + e for e in MASK_EXTENSIONS)})")
   return by_id
 
 
+def _unpaired(files: dict[str, pathlib.Path], others: dict[str, pathlib.Path],
+              what: str) -> list[str]:
+  """One problem naming a few of the `files` whose id is not among `others`, or none."""
+  keys = sorted(files.keys() - others.keys())
+  if not keys:
+    return []
+  names = ", ".join(files[k].name for k in keys[:SHOWN_UNPAIRED])
+  more = f" and {len(keys) - SHOWN_UNPAIRED} more" if len(keys) > SHOWN_UNPAIRED else ""
+  return [f"{len(keys)} {what}: {names}{more}"]
+
+
 def load_mask(path: pathlib.Path) -> np.ndarray:
-  """A greyscale PNG as an (H, W) uint8 array; ScoreInputError if it cannot be read as one."""
+  """A greyscale PNG (or BMP) as an (H, W) uint8 array; ScoreInputError if it cannot be."""
   try:
     with Image.open(path) as image:
       image.load()
@@ -79,7 +111,8 @@ def load_mask(path: pathlib.Path) -> np.ndarray:
                               "8-bit greyscale PNG (mode 'L')")
       return np.asarray(image)
   except (UnidentifiedImageError, OSError, SyntaxError) as error:
-    raise ScoreInputError(f"{path.name}: cannot be read as a PNG ({error})") from None
+    raise ScoreInputError(f"{path.name}: cannot be read as a {path.suffix[1:].upper()} "
+                          f"({error})") from None
 
 
 def _check_scale(array: np.ndarray, path: pathlib.Path, role: str, problems: list[str]) -> None:
@@ -103,17 +136,16 @@ def score_folders(truth_dir: str | pathlib.Path, pred_dir: str | pathlib.Path,
     raise ScoreInputError(f"threshold {threshold} is outside the 0-255 pixel range")
   truth_dir, pred_dir = pathlib.Path(truth_dir), pathlib.Path(pred_dir)
   problems: list[str] = []
-  truths = _index_folder(truth_dir, "truth", problems)
-  preds = _index_folder(pred_dir, "prediction", problems)
+  truths = index_masks(truth_dir, "truth", problems)
+  preds = index_masks(pred_dir, "prediction", problems)
   if not truths or not preds:
     # A missing or empty folder is the cause; listing every file of the other one as
     # unpaired would only bury it.
     raise ScoreInputError(f"cannot score {pred_dir} against {truth_dir}: "
                           + "; ".join(problems))
-  for key in sorted(truths.keys() - preds.keys()):
-    problems.append(f"truth {truths[key].name} has no prediction (image id {key!r})")
-  for key in sorted(preds.keys() - truths.keys()):
-    problems.append(f"prediction {preds[key].name} has no truth (image id {key!r})")
+  problems += _unpaired(truths, preds, "truth mask(s) without a prediction")
+  problems += _unpaired(preds, truths, "prediction(s) without a truth mask")
+  unpaired = bool(truths.keys() ^ preds.keys())
 
   counts = []
   for key in sorted(truths.keys() & preds.keys()):
@@ -134,8 +166,10 @@ def score_folders(truth_dir: str | pathlib.Path, pred_dir: str | pathlib.Path,
     counts.append(_confusion_counts(truth > threshold, pred > threshold))
 
   if problems:
+    # With unpaired files, the rule is what the user needs to rename them.
+    rule = f"\n{PAIRING_RULE}" if unpaired else ""
     raise ScoreInputError(f"cannot score {pred_dir} against {truth_dir}; "
-                          f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
+                          f"{len(problems)} problem(s):\n  " + "\n  ".join(problems) + rule)
   result: dict[str, float | int] = dict(metrics.macro_average(np.stack(counts)))
   result["n_images"] = len(counts)
   return result
@@ -153,9 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Command line entry point; returns the exit code (0, or 2 on bad input)."""
   parser = argparse.ArgumentParser(
       prog="python -m lesion_jax.score",
-      description="ISIC 2018 Task 1 metrics (macro averages) of PNG prediction masks.")
-  parser.add_argument("--truth", required=True, help="folder of ground-truth PNG masks (0/255)")
-  parser.add_argument("--pred", required=True, help="folder of predicted PNG masks (0-255)")
+      description="ISIC 2018 Task 1 metrics (macro averages) of PNG prediction masks. Truth "
+                  f"and prediction {PAIRING_RULE}.")
+  parser.add_argument("--truth", required=True,
+                      help="folder of ground-truth masks (0/255; PNG, or PH2's BMP)")
+  parser.add_argument("--pred", required=True, help="folder of predicted masks (0-255)")
   parser.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
                       help="a pixel is lesion when its value is > THRESHOLD (default 128, as the "
                            "official ISIC scorer)")

@@ -245,10 +245,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, overwrite: bool =
   A run that fails (e.g. a NaN loss) is reported and the others go on; a RuntimeError naming
   the failed runs is raised at the end, after the table is written.
   """
-  from lesion_jax import train  # imported here: the config checks above need no jax
-
   runs = sweep_runs(config)
-  config_lib.check_workdir_parent(workdir)
+  workdir_lib.check_workdir(workdir)
+  # One sweep at a time in this folder (WORKDIR/.lock); each run locks its own folder as well.
+  with workdir_lib.locked(workdir):
+    return _run_sweep_locked(runs, workdir, overwrite)
+
+
+def _run_sweep_locked(runs: list[SweepRun], workdir: str, overwrite: bool) -> dict:
+  from lesion_jax import train  # imported here: the config checks before need no jax
+
   # Finished runs of other configs are found before anything trains.
   done = {}
   for run in runs:
@@ -377,8 +383,14 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str, overwrite: boo
   deleted.
   """
   plan = transfer_plan(config, workdir)
-  config_lib.check_workdir_parent(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.check_workdir(workdir)
+  # One transfer experiment at a time in this folder; each run locks its own folder as well.
+  with workdir_lib.locked(workdir):
+    return _run_transfer_locked(config, plan, workdir, overwrite, resamples, seed)
+
+
+def _run_transfer_locked(config: ml_collections.ConfigDict, plan: TransferPlan, workdir: str,
+                         overwrite: bool, resamples: int, seed: int) -> dict:
   reuse_exp1 = bool(config.transfer.baseline_workdir)
   reuse_pretrain = bool(config.transfer.pretrain_workdir)
   exp1 = _train_or_reuse(plan.exp1, plan.exp1_workdir, reuse_exp1, overwrite, "Exp 1")

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
+from flax import struct
 from flax.training import train_state
 
 from lesion_jax import checkpoint as checkpoint_lib
@@ -42,6 +44,18 @@ RUN_OUTPUTS = workdir_lib.RUN_OUTPUTS
 class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # base key of the dropout and augmentation draws; step and device folded in
+  # An exponential moving average of {'params', 'batch_stats'} (config.training.ema_decay),
+  # carried beside the trained weights and checkpointed with them; None when off.
+  ema: Any = None
+  ema_decay: float | None = struct.field(pytree_node=False, default=None)
+
+
+def ema_update(ema: Any, variables: Any, decay: float, step: jax.Array) -> Any:
+  """`decay * ema + (1 - decay) * variables`, the decay warmed up as min(decay, (1+t)/(10+t))
+  so that the average does not keep the random initialisation for thousands of steps."""
+  step = jnp.asarray(step, jnp.float32)
+  rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, v: rate * e + (1.0 - rate) * v, ema, variables)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], loss_fn: Callable,
@@ -69,6 +83,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], loss_fn: Calla
   # Models normalise over the global batch already; the mean only guards a model without it.
   batch_stats = parallel.cross_replica_mean(updates.get("batch_stats", state.batch_stats))
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema_decay is not None:
+    state = state.replace(ema=ema_update(
+        state.ema, {"params": state.params, "batch_stats": state.batch_stats}, state.ema_decay,
+        state.step))
   return state, {"loss": parallel.cross_replica_mean(loss)}
 
 
@@ -143,13 +161,17 @@ def _jitted_init(model):
   return jax.jit(functools.partial(model.init, train=False))
 
 
-def create_train_state(model, tx, rng: jax.Array, image_size) -> TrainState:
+def create_train_state(model, tx, rng: jax.Array, image_size,
+                       ema_decay: float | None = None) -> TrainState:
   model = _canonical(model)
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
   dummy = jnp.zeros((1, *pipeline.image_shape(image_size), 3), jnp.float32)
   variables = _jitted_init(model)({"params": init_rng, "dropout": dropout_rng}, dummy)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+  if ema_decay is not None:
+    state = state.replace(ema_decay=float(ema_decay), ema={
+        "params": state.params, "batch_stats": state.batch_stats})
   # A strongly typed step: a weakly typed Python 0 would make the second step recompile.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -256,18 +278,70 @@ def _step_plan(config: ml_collections.ConfigDict, train_size: int,
 
 def _initial_state(config, workdir: str, state: TrainState,
                    checkpoints: checkpoint_lib.RunCheckpoints):
-  """The state to start from: restored (resume), from other weights (transfer), or fresh."""
-  if checkpoints.latest_step() is not None:
-    restored, meta = checkpoints.restore_latest(checkpoint_lib.state_to_dict(state))
+  """The state to start from: restored (resume), from other weights (transfer), or fresh.
+
+  A latest/ step that does not restore is moved aside and the one before it is tried; when
+  none restores, the run goes on from its best checkpoint (`_state_from_best`), and without one
+  starts again. Each fallback is one warning line.
+  """
+  had_checkpoints = checkpoints.latest_step() is not None
+  resumed = checkpoints.restore_latest_intact(checkpoint_lib.state_to_dict(state))
+  if resumed is not None:
+    restored, meta = resumed
     state = checkpoint_lib.state_from_dict(state, restored)
     logging.info("Resuming %s from step %d", workdir, int(state.step))
     return state, loop_lib.LoopState.from_meta(meta)
+  if had_checkpoints:
+    from_best = _state_from_best(config, workdir, state, checkpoints)
+    if from_best is not None:
+      return from_best
+    logging.warning("no checkpoint of %s restores: training starts again from step 0", workdir)
   init_from = None
   if config.model.init_from:
     state = _init_from_pretrained(state, config)
   if config.init_from:
     state, init_from = _init_from_run(state, config)
+  if state.ema is not None:  # the average starts from the weights training starts from
+    state = state.replace(ema={"params": state.params, "batch_stats": state.batch_stats})
   return state, loop_lib.LoopState(init_from=init_from)
+
+
+def _state_from_best(config, workdir: str, state: TrainState,
+                     checkpoints: checkpoint_lib.RunCheckpoints):
+  """(state, loop state) from the best checkpoint when no latest/ one restored; None without.
+
+  The best checkpoint holds the weights only: the run goes on from its step (data order and
+  learning-rate schedule included) with Adam's moments started again from zero.
+  """
+  best = checkpoints.restore_best_intact({"params": state.params,
+                                          "batch_stats": state.batch_stats})
+  if best is None:
+    return None
+  variables, meta = best
+  step = int(meta["step"])
+  state = state.replace(step=jnp.asarray(step, jnp.int32), params=variables["params"],
+                        batch_stats=variables["batch_stats"],
+                        opt_state=_schedule_at(state.tx.init(variables["params"]), step))
+  if getattr(state, "ema", None) is not None:  # the weight average starts again from here
+    state = state.replace(ema={"params": variables["params"],
+                               "batch_stats": variables["batch_stats"]})
+  logging.warning("no latest checkpoint of %s restores: going on from its best checkpoint, step "
+                  "%d, with a fresh optimiser state", workdir, step)
+  init_from = (_source_record(config, checkpoint_lib.read_variables(
+      config.init_from, config.init_step)[1]) if config.init_from else None)
+  return state, loop_lib.LoopState(best_val_ja=float(meta["val_ja"]), best_step=step,
+                                   init_from=init_from)
+
+
+def _schedule_at(opt_state: Any, step: int) -> Any:
+  """A fresh optimiser state whose learning-rate schedule stands at `step`; Adam's own count
+  stays at zero, its bias correction belonging to the fresh moments."""
+  def move(node):
+    if isinstance(node, optax.ScaleByScheduleState):
+      return node._replace(count=jnp.asarray(step, node.count.dtype))
+    return node
+  return jax.tree.map(move, opt_state,
+                      is_leaf=lambda node: isinstance(node, optax.ScaleByScheduleState))
 
 
 def _training_data(config: ml_collections.ConfigDict, datasets: loading.Datasets,
@@ -304,7 +378,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   steps_per_epoch, total_steps, eval_every = _step_plan(config, datasets.train_size,
                                                         global_batch)
   tx, schedule = optimizer(config, total_steps, steps_per_epoch)
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), size)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), size,
+                             config.training.ema_decay)
   transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
   state, loop = _initial_state(config, workdir, state, checkpoints)
@@ -328,32 +403,63 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
       start_step=int(state.step))
 
 
+def _final_variables(run: RunSetup, trained: TrainState, last_step: int) -> tuple[dict, int]:
+  """(variables, step) the final evaluation scores: the best checkpoint's, or with
+  config.evaluation.weights 'ema' the weight average at the run's last step."""
+  if run.config.evaluation.weights == "ema":
+    if trained.ema is None:
+      raise ConfigError("config.evaluation.weights='ema' needs config.training.ema_decay: this "
+                        "run kept no weight average")
+    return {"params": trained.ema["params"], "batch_stats": trained.ema["batch_stats"]}, last_step
+  best, meta = run.checkpoints.restore_best(
+      {"params": trained.params, "batch_stats": trained.batch_stats})
+  return best, int(meta["step"])
+
+
+def _final_evaluator(run: RunSetup, trained: TrainState, variables: dict):
+  """(the validation Evaluation, a function scoring a test split) of the final evaluation: on
+  the devices, or on the host where masks are post-processed before they are counted."""
+  postprocess = run.config.evaluation.postprocess
+  if postprocess != "none":
+    def evaluate_split(source):
+      return evaluation_lib.evaluate_on_host(
+          run.model, variables, source, run.image_size, tta=run.config.evaluation.tta,
+          postprocess=postprocess, batch_size=run.config.batch_size_per_device)
+  else:
+    replicated = parallel.replicate(
+        trained.replace(params=variables["params"], batch_stats=variables["batch_stats"]),
+        run.devices)
+
+    def evaluate_split(source):
+      return evaluation_lib.evaluate(run.p_eval_final, replicated, source, run.image_size,
+                                     **run.eval_kwargs)
+  return evaluate_split(run.validation), evaluate_split
+
+
 def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_step: int,
                      stop: preemption.StopRequest | None = None) -> dict:
-  """Best checkpoint -> threshold search on validation -> test metrics -> results and reports.
+  """Best checkpoint (or the weight average, config.evaluation.weights) -> threshold search on
+  validation -> test metrics (masks post-processed with config.evaluation.postprocess) ->
+  results and reports.
 
   A signal during it stops the run before results.json is written; the last step's checkpoint
   is on disk, so the same command evaluates again.
   """
   trained = parallel.unreplicate(replicated)
-  best, best_meta = run.checkpoints.restore_best(
-      {"params": trained.params, "batch_stats": trained.batch_stats})
+  variables, chosen_step = _final_variables(run, trained, last_step)
   run.checkpoints.close()
-  replicated = parallel.replicate(
-      trained.replace(params=best["params"], batch_stats=best["batch_stats"]), run.devices)
-  validation = evaluation_lib.evaluate(run.p_eval_final, replicated, run.validation,
-                                       run.image_size, **run.eval_kwargs)
+  validation, evaluate_split = _final_evaluator(run, trained, variables)
   threshold, t_index, ja_curve = evaluation_lib.threshold_search(validation)
-  test_results, per_image = evaluation_lib.score_test_splits(
-      run.p_eval_final, replicated, run.datasets.test, run.image_size, t_index,
-      run.eval_kwargs)
+  test_results, per_image = evaluation_lib.score_test_splits(evaluate_split, run.datasets.test,
+                                                             t_index)
   results = {
       "model": {"name": run.config.model.name, "params": int(run.num_params)},
       "loss": run.config.loss,
       "threshold": float(threshold),
       "validation": evaluation_lib.validation_summary(validation, t_index, ja_curve),
       "test": test_results,
-      "best_step": int(best_meta["step"]),
+      "best_step": int(chosen_step),
+      "weights": run.config.evaluation.weights,
       "init_from": loop.init_from,
       "training": {"steps": int(last_step), "seconds": float(loop.train_seconds),
                    "images_per_second": float(loop.images_per_second)},
@@ -368,8 +474,9 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
         step=last_step, signal_name=stop.received)
   if parallel.is_main_process():
     evaluation_lib.write_reports(run.workdir, results, ja_curve, per_image, run.datasets.test,
-                                 run.model, best, run.image_size,
-                                 run.config.report.num_overlays, run.config.evaluation.tta)
+                                 run.model, variables, run.image_size,
+                                 run.config.report.num_overlays, run.config.evaluation.tta,
+                                 run.config.evaluation.postprocess, (validation, t_index))
   evaluation_lib.write_results(run.workdir, results)
   return results
 
@@ -380,6 +487,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Everything that can be checked cheaply is checked before data, compilation or training.
   config_lib.validate(config)
   devices = parallel.local_devices(config.num_devices)
+  # Held to the end, and taken before config.json is read or written: a second launch into this
+  # workdir is refused at once instead of training beside this one.
+  with workdir_lib.locked(workdir):
+    return _train_and_evaluate_locked(config, workdir, devices, overwrite)
+
+
+def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str, devices: list,
+                               overwrite: bool) -> dict:
   workdir_lib.prepare_workdir(config, workdir, overwrite)
   if os.path.exists(os.path.join(workdir, "results.json")):
     logging.info("%s is a finished run; its results are in %s/results.json", workdir, workdir)
@@ -414,8 +529,13 @@ def _init_from_run(state: TrainState, config: ml_collections.ConfigDict):
   merged = transfer.merge_variables(fresh, loaded, config.dont_load, source=source)
   logging.info("Initialised from %s, validation JA %.4f there", source, meta.get("val_ja", -1))
   state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
-  return state, {"workdir": os.path.abspath(config.init_from), "step": int(meta["step"]),
-                 "val_ja": meta.get("val_ja")}
+  return state, _source_record(config, meta)
+
+
+def _source_record(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> dict:
+  """results.json's `init_from`: the run (and checkpoint) this one started from."""
+  return {"workdir": os.path.abspath(config.init_from), "step": int(meta["step"]),
+          "val_ja": meta.get("val_ja")}
 
 
 __all__ = ["NonFiniteLossError", "RUN_OUTPUTS", "RunSetup", "TrainState", "create_train_state",

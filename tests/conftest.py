@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny end-to-end config and a session-wide tfds data dir."""
+import json
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +68,32 @@ def tiny_config(data_dir: str, **changes):
       node = node[part]
     node[leaf] = value
   return config
+
+
+AVERAGED_RUN = {"training.num_epochs": 4, "optimizer.cycle_epochs": 2.0,
+                "optimizer.cycle_mult": 1.0, "checkpoint.keep": 10, "training.ema_decay": 0.9}
+
+
+@pytest.fixture(scope="session")
+def averaged_run(data_dir, tmp_path_factory):
+  """(workdir, results) of a tiny finished run that kept every checkpoint and a weight average:
+  four epochs in two SGDR cycles of two. Shared by the tests that only need some such run."""
+  from lesion_jax import train
+
+  config = tiny_config(data_dir, **AVERAGED_RUN)
+  workdir = str(tmp_path_factory.mktemp("averaged_run") / "run")
+  return workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def averaged_run_levers(averaged_run):
+  """levers.json of `averaged_run`, written by the command into WORKDIR/levers."""
+  from lesion_jax import levers
+
+  workdir, _ = averaged_run
+  assert levers.main([workdir]) == 0
+  with open(os.path.join(workdir, "levers", "levers.json")) as f:
+    return json.load(f)
 
 
 @pytest.fixture

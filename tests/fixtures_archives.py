@@ -1,4 +1,5 @@
-"""Tiny fixture releases in the official layouts of ISIC 2016/2017/2018, PH2, Dermofit, SMARTSKINS.
+"""Tiny fixture releases in the official layouts of ISIC 2016/2017/2018, PH2, Dermofit, SMARTSKINS
+and Waterloo.
 
 Images are 16x12 (WxH). Every writer returns what a correct builder must produce (ids, labels,
 masks), computed here independently of the builders. Zips mimic the official ones (a top-level
@@ -323,6 +324,60 @@ def write_ph2(root: Path, counts: tuple[int, int, int] = (10, 10, 5), *, table: 
   return Ph2Fixture(root=root, diagnoses=diagnoses)
 
 
+# The flattened PH2 copy of the shared data: images/IMDxxx.jpg, masks/IMDxxx_lesion.png (0/255),
+# PH2_dataset.xlsx and metadata.csv side by side.
+
+
+@dataclasses.dataclass
+class Ph2FlatFixture(Ph2Fixture):
+  images: dict[str, np.ndarray]  # the JPEGs' decoded pixels: what a build from them stores
+  masks: dict[str, np.ndarray]  # {0, 1}
+
+
+def ph2_diagnoses(counts: tuple[int, int, int]) -> dict[str, str]:
+  """IMD002, IMD003, ...: `counts` of common nevus, atypical nevus and melanoma, in that order."""
+  labels = [label for label, count in zip(PH2_LABELS, counts) for _ in range(count)]
+  return {f"IMD{n:03d}": label for n, label in enumerate(labels, start=2)}
+
+
+def ph2_metadata_csv(diagnoses: Mapping[str, str]) -> bytes:
+  """The shared copy's metadata.csv: the spreadsheet flattened, label names spelled out."""
+  lines = ["image_id,clinical_diagnosis,histological_diagnosis,asymmetry,colors"]
+  lines += [f"{i},{label},,0,dark_brown" for i, label in diagnoses.items()]
+  return ("\n".join(lines) + "\n").encode()
+
+
+def write_ph2_flat(root: Path, counts: tuple[int, int, int] = (10, 10, 5), *,
+                   tables: Iterable[str] = ("xlsx", "csv")) -> Ph2FlatFixture:
+  """The flattened PH2 copy; `tables` picks which of PH2_dataset.xlsx and metadata.csv exist."""
+  diagnoses = ph2_diagnoses(counts)
+  files, images, masks = {}, {}, {}
+  for image_id in diagnoses:
+    seed = int(image_id[3:])
+    jpeg = jpeg_bytes(lesion_image(seed))
+    files[f"images/{image_id}.jpg"] = jpeg
+    files[f"masks/{image_id}_lesion.png"] = png_bytes(lesion_mask(seed))
+    images[image_id] = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    masks[image_id] = (lesion_mask(seed) > 0).astype(np.uint8)
+  if "xlsx" in tables:
+    files["PH2_dataset.xlsx"] = ph2_xlsx(diagnoses)
+  if "csv" in tables:
+    files["metadata.csv"] = ph2_metadata_csv(diagnoses)
+  files["Readme.txt"] = b"PH2 readme\n"
+  write_files(root, files)
+  return Ph2FlatFixture(root=root, diagnoses=diagnoses, images=images, masks=masks)
+
+
+def write_ph2_release_of(root: Path, flat: Ph2FlatFixture) -> Ph2Fixture:
+  """The official release tree holding the flat copy's pixels as BMPs (so stored images match
+  exactly), as one would rebuild it from the shared copy."""
+  files = ph2_files(flat.images, {i: m * 255 for i, m in flat.masks.items()})
+  files["PH2Dataset/PH2_dataset.xlsx"] = ph2_xlsx(flat.diagnoses)
+  files["PH2Dataset/Readme.txt"] = b"PH2 readme\n"
+  write_files(root, files)
+  return Ph2Fixture(root=root, diagnoses=dict(flat.diagnoses))
+
+
 # ------------------------------------------------------------------------------------------
 # Dermofit.
 
@@ -379,6 +434,121 @@ def write_smartskins(root: Path, count: int = 80, *, as_zip: bool = False) -> Sm
     files[f"masks/{image_id}.png"] = png_bytes(stored)
   write_archive(root, "smartskins", files, as_zip=as_zip, inner_folder=True)
   return SmartskinsFixture(root=root, ids=sorted(masks), masks=masks)
+
+
+# ------------------------------------------------------------------------------------------
+# Waterloo (Skin Cancer Detection).
+
+WATERLOO_ZIPS = {  # class folder -> (zip stem, its top-level folder)
+    "melanoma": ("skin_image_data_set-1", "Skin Image Data Set-1"),
+    "notmelanoma": ("skin_image_data_set-2", "Skin Image Data Set-2"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WaterlooPair:
+  """One photograph and its mask; `atlas` as the release spells the folder."""
+  class_folder: str  # "melanoma" or "notmelanoma"
+  atlas: str  # "dermIS", "dermis" or "dermquest"
+  photo_id: str
+  size: tuple[int, int] = (WIDTH, HEIGHT)  # (W, H)
+  one_bit: bool = True  # mode "1" PNG mask; else 8-bit 0/255
+
+  @property
+  def image_id(self) -> str:
+    return f"{self.atlas.lower()}/{self.photo_id}"
+
+
+# Both atlases hold SSM1 (two different photographs); SSM1_2, D8_2 and D10_1 are second
+# photographs of lesions SSM1, D8 and D10; sizes and mask depths vary.
+WATERLOO_PAIRS = (
+    WaterlooPair("melanoma", "dermIS", "SSM1"),
+    WaterlooPair("melanoma", "dermIS", "SSM3", one_bit=False),
+    WaterlooPair("melanoma", "dermIS", "NM2", size=(12, 16)),
+    WaterlooPair("melanoma", "dermquest", "SSM1"),
+    WaterlooPair("melanoma", "dermquest", "SSM1_2", one_bit=False),
+    WaterlooPair("melanoma", "dermquest", "LMM8", size=(20, 14)),
+    WaterlooPair("notmelanoma", "dermis", "10"),
+    WaterlooPair("notmelanoma", "dermis", "11", one_bit=False),
+    WaterlooPair("notmelanoma", "dermquest", "D8"),
+    WaterlooPair("notmelanoma", "dermquest", "D8_2", size=(14, 20)),
+    WaterlooPair("notmelanoma", "dermquest", "D10"),
+    WaterlooPair("notmelanoma", "dermquest", "D10_1", one_bit=False),
+)
+
+
+@dataclasses.dataclass
+class WaterlooFixture:
+  root: Path
+  labels: dict[str, str]  # image_id -> "melanoma" / "not_melanoma"
+  masks: dict[str, np.ndarray]  # image_id -> expected stored {0, 1} mask
+
+
+def waterloo_mask_png(mask: np.ndarray, one_bit: bool) -> bytes:
+  """A 1-bit PNG (PIL mode "1") or an 8-bit one holding 0/255."""
+  return png_bytes(mask > 0) if one_bit else png_bytes(((mask > 0) * 255).astype(np.uint8))
+
+
+def waterloo_files(pairs: Iterable[WaterlooPair]) -> dict[str, dict[str, bytes]]:
+  """{class folder: {path below the zip's top-level folder: bytes}}, with the junk files the
+  release holds (Thumbs.db, .DS_Store)."""
+  files: dict[str, dict[str, bytes]] = {c: {} for c in WATERLOO_ZIPS}
+  for seed, pair in enumerate(pairs, start=1):
+    folder = f"skin_data/{pair.class_folder}/{pair.atlas}"
+    mask = lesion_mask(seed, *pair.size)
+    files[pair.class_folder][f"{folder}/{pair.photo_id}_orig.jpg"] = jpeg_bytes(
+        lesion_image(seed, *pair.size))
+    files[pair.class_folder][f"{folder}/{pair.photo_id}_contour.png"] = waterloo_mask_png(
+        mask, pair.one_bit)
+    files[pair.class_folder][f"{folder}/Thumbs.db"] = b"\xd0\xcf\x11\xe0 thumbnails"
+    files[pair.class_folder][f"skin_data/{pair.class_folder}/.DS_Store"] = b"\x00\x00\x00\x01Bud1"
+  return files
+
+
+def write_waterloo(root: Path, pairs: Iterable[WaterlooPair] = WATERLOO_PAIRS, *,
+                   as_zip: bool = True, swap_case: bool = False,
+                   edit: Mapping[str, bytes | None] | None = None) -> WaterlooFixture:
+  """The two official zips, or the folders `unzip` makes of them (`Skin Image Data Set-1/`).
+
+  `swap_case` swaps the case of the class and atlas folders (`MELANOMA/DERMis/`). `edit` maps
+  a file name (`SSM3_contour.png`) to new bytes, or to None to leave that file out.
+  """
+  pairs = list(pairs)
+  for class_folder, files in waterloo_files(pairs).items():
+    stem, top = WATERLOO_ZIPS[class_folder]
+    files = _edited(files, edit or {})
+    if swap_case:
+      files = {_swap_folder_case(path): data for path, data in files.items()}
+    if as_zip:
+      root.mkdir(parents=True, exist_ok=True)
+      with zipfile.ZipFile(root / f"{stem}.zip", "w") as z:
+        for rel, data in files.items():
+          z.writestr(f"{top}/{rel}", data)
+        z.writestr(f"__MACOSX/{top}/._skin_data", b"\x00\x05\x16\x07")  # macOS zip residue
+    else:
+      write_files(root / top, files)
+  return WaterlooFixture(
+      root=root,
+      labels={p.image_id: "melanoma" if p.class_folder == "melanoma" else "not_melanoma"
+              for p in pairs},
+      masks={p.image_id: (lesion_mask(seed, *p.size) > 0).astype(np.uint8)
+             for seed, p in enumerate(pairs, start=1)})
+
+
+def _edited(files: Mapping[str, bytes], edit: Mapping[str, bytes | None]) -> dict[str, bytes]:
+  out = {}
+  for path, data in files.items():
+    name = path.rsplit("/", 1)[-1]
+    if name in edit and edit[name] is None:
+      continue
+    out[path] = edit.get(name, data)
+  return out
+
+
+def _swap_folder_case(path: str) -> str:
+  """`skin_data/melanoma/dermIS/x.jpg` -> `skin_data/MELANOMA/DERMis/x.jpg`."""
+  parts = path.split("/")
+  return "/".join([parts[0]] + [p.swapcase() for p in parts[1:-1]] + parts[-1:])
 
 
 # ------------------------------------------------------------------------------------------

@@ -186,6 +186,74 @@ def test_ph2_split_is_stratified_by_diagnosis_and_txt_zip_match_xlsx_folder(tmp_
   np.testing.assert_array_equal(example["image"], fx.lesion_image(int(image_id[3:])))
 
 
+def test_ph2_flat_copy_gives_the_release_trees_split_masks_and_pixels(tmp_path):
+  flat = fx.write_ph2_flat(tmp_path / "flat")
+  release = fx.write_ph2_release_of(tmp_path / "release", flat)  # BMPs of the same pixels
+  csv_only = fx.write_ph2_flat(tmp_path / "csv_only", tables=("csv",))
+  with fx.captured_logs() as logs:
+    from_flat = fx.build(ph2.Ph2, flat.root, tmp_path / "data_flat")
+  from_release = fx.build(ph2.Ph2, release.root, tmp_path / "data_release")
+  from_csv = fx.build(ph2.Ph2, csv_only.root, tmp_path / "data_csv")
+  assert any("flattened copy (25 images)" in l and "PH2_dataset.xlsx" in l for l in logs)
+  ids = split_ids(from_flat)
+  assert [len(ids[s]) for s in SPLITS] == [18, 2, 5]
+  assert ids == split_ids(from_release) == split_ids(from_csv)
+  # The split hangs on ids and diagnoses alone: the usual release fixture splits the same way.
+  assert ids == split_ids(fx.build(ph2.Ph2, fx.write_ph2(tmp_path / "bmp").root,
+                                   tmp_path / "data_bmp"))
+  for split in SPLITS:
+    released = fx.read_split(from_release, split)
+    for image_id, example in fx.read_split(from_flat, split).items():
+      np.testing.assert_array_equal(example["mask"][..., 0], flat.masks[image_id])
+      np.testing.assert_array_equal(example["mask"], released[image_id]["mask"])
+      np.testing.assert_array_equal(example["image"], released[image_id]["image"])
+      assert example["label"] == released[image_id]["label"]
+      # A JPEG of the fixture's image (its gradient wraps, so edges blur): close on average.
+      original = fx.lesion_image(int(image_id[3:])).astype(float)
+      assert abs(example["image"].mean() - original.mean()) < 4
+    assert encoded(from_csv, split) == encoded(from_flat, split)
+  stored_image, _, _ = encoded(from_flat, "test")[ids["test"][0]]
+  assert stored_image == (flat.root / "images" / f"{ids['test'][0]}.jpg").read_bytes()
+
+
+def test_ph2_reads_the_release_tree_and_its_spreadsheet_when_both_layouts_are_present(tmp_path):
+  flat = fx.write_ph2_flat(tmp_path / "manual", counts=(3, 3, 2))
+  fx.write_ph2(tmp_path / "manual", counts=(3, 3, 2))  # PH2Dataset/ beside images/ and masks/
+  # A flattened spreadsheet that disagrees: only the release's own one may be read.
+  (flat.root / "PH2_dataset.xlsx").write_bytes(fx.ph2_xlsx({i: "melanoma" for i in flat.diagnoses}))
+  with fx.captured_logs() as logs:
+    built = fx.build(ph2.Ph2, flat.root, tmp_path / "data")
+  assert any("both the release tree (8 images) and a flattened copy (8 images" in l
+             and "reading the release tree only" in l for l in logs)
+  names = built.info.features["label"].names
+  for split in SPLITS:
+    for image_id, example in fx.read_split(built, split).items():
+      assert names[example["label"]] == flat.diagnoses[image_id]
+      # Lossless BMP pixels, not the JPEG's.
+      np.testing.assert_array_equal(example["image"], fx.lesion_image(int(image_id[3:])))
+
+
+def test_ph2_flat_copy_problems_name_their_files(tmp_path):
+  flat = fx.write_ph2_flat(tmp_path / "manual", counts=(3, 3, 2))
+  (flat.root / "masks" / "IMD003_lesion.png").unlink()
+  truncated = flat.root / "images" / "IMD004.jpg"
+  truncated.write_bytes(truncated.read_bytes()[:200])
+  listed = {i: label for i, label in flat.diagnoses.items() if i != "IMD005"}
+  (flat.root / "PH2_dataset.xlsx").write_bytes(fx.ph2_xlsx(listed))
+  with pytest.raises(common.SourceFileError) as error:
+    fx.build(ph2.Ph2, flat.root, tmp_path / "data")
+  message = str(error.value)
+  assert "3 problem(s)" in message
+  assert "IMD003.jpg: image without a mask (expected masks/IMD003_lesion.png)" in message
+  assert "IMD004.jpg: unreadable image" in message
+  assert "IMD005.jpg: IMD005 has no clinical diagnosis in" in message
+  assert "PH2_dataset.xlsx" in message
+
+  no_table = fx.write_ph2_flat(tmp_path / "no_table", counts=(3, 3, 2), tables=())
+  with pytest.raises(common.MissingArchiveError, match="PH2_dataset.xlsx.*metadata.csv"):
+    fx.build(ph2.Ph2, no_table.root, tmp_path / "data")
+
+
 def test_dermofit_split_is_stratified_by_class_and_class_zips_match_folders(tmp_path):
   folders = fx.write_dermofit(tmp_path / "folders")
   zips = fx.write_dermofit(tmp_path / "zips", as_zip=True)
@@ -336,5 +404,5 @@ def test_stats_command_builds_and_prints_table(tmp_path, capsys):
   assert total.split()[-5:] == ["25", "20", "18", "2", "5"]
   melanoma = next(l for l in lines if "melanoma" in l)
   assert melanoma.split()[-5:] == ["5", "4", "4", "0", "1"]
-  assert data_cli.main(["stats", "no_such_dataset"]) == 1
+  assert data_cli.main(["stats", "no_such_dataset"]) == 2  # bad input, as every command
   assert "Valid dataset names" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """The PH2 and ISIC builders on the real files (LESION_JAX_REAL_DATA, e.g. ../shared/data).
 
-PH2 is rebuilt in its official release layout (BMPs from the real images, the real
-PH2_dataset.xlsx); ISIC reads the real ISIC 2017 training and validation zips in place.
-Both build full datasets, so they are slow.
+PH2 is built twice: from the shared flattened copy in place, and from its official release
+layout rebuilt in a temporary folder (BMPs from the real images, the real PH2_dataset.xlsx); the
+two must agree. ISIC reads the real ISIC 2017 training and validation zips in place. All build
+full datasets, so they are slow.
 """
 from __future__ import annotations
 
@@ -57,10 +58,28 @@ def write_ph2_release(real_ph2: Path, root: Path) -> None:
   shutil.copy(real_ph2 / "PH2_dataset.xlsx", root / "PH2Dataset" / "PH2_dataset.xlsx")
 
 
-def test_ph2_builds_160_40_with_the_diagnosis_proportions(tmp_path):
+@pytest.fixture(scope="module")
+def ph2_release_build(tmp_path_factory):
+  """The builder prepared from the release layout rebuilt from the shared copy (built once)."""
+  root = tmp_path_factory.mktemp("ph2_release")
+  write_ph2_release(Path(REAL_DATA) / "ph2", root / "manual")
+  return fx.build(ph2.Ph2, root / "manual", root / "data")
+
+
+def split_of(builder) -> dict[str, str]:
+  """{image_id: split}, read without decoding the pixels."""
+  skip = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+  out = {}
+  for split in SPLITS:
+    if split in builder.info.splits:
+      source = builder.as_data_source(split, decoders=skip)
+      out.update({source[i]["image_id"].decode(): split for i in range(len(source))})
+  return out
+
+
+def test_ph2_builds_160_40_with_the_diagnosis_proportions(ph2_release_build):
   real_ph2 = Path(REAL_DATA) / "ph2"
-  write_ph2_release(real_ph2, tmp_path / "manual")
-  builder = fx.build(ph2.Ph2, tmp_path / "manual", tmp_path / "data")
+  builder = ph2_release_build
   labels = labels_by_split(builder)
   assert [len(labels[s]) for s in SPLITS] == [144, 16, 40]
   totals = Counter(l for s in SPLITS for l in labels[s])
@@ -74,6 +93,23 @@ def test_ph2_builds_160_40_with_the_diagnosis_proportions(tmp_path):
   image_id = example["image_id"].decode()
   real_mask = np.asarray(Image.open(real_ph2 / "masks" / f"{image_id}_lesion.png"))
   np.testing.assert_array_equal(example["mask"][..., 0], (real_mask > 0).astype(np.uint8))
+
+
+def test_ph2_flattened_copy_builds_in_place_with_the_release_split(ph2_release_build, tmp_path):
+  real_ph2 = Path(REAL_DATA) / "ph2"
+  with fx.captured_logs() as logs:
+    builder = fx.build(ph2.Ph2, real_ph2, tmp_path / "data")  # read in place, never copied
+  assert any("flattened copy (200 images)" in l for l in logs)
+  labels = labels_by_split(builder)
+  assert [len(labels[s]) for s in SPLITS] == [144, 16, 40]
+  flat_split = split_of(builder)
+  assert len(flat_split) == 200 and flat_split == split_of(ph2_release_build)
+  # The release BMPs hold the JPEGs' decoded pixels, so images and masks match exactly.
+  released = fx.read_split(ph2_release_build, "test")
+  for image_id, example in fx.read_split(builder, "test").items():
+    np.testing.assert_array_equal(example["mask"], released[image_id]["mask"])
+    np.testing.assert_array_equal(example["image"], released[image_id]["image"])
+    assert example["label"] == released[image_id]["label"]
 
 
 def test_isic_builds_from_the_real_2017_training_and_validation_zips(tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 from lesion_jax import data as data_lib
 from lesion_jax import predict, runs, train
 from lesion_jax.data import pipeline
+from lesion_jax.report import figures, overlays
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,6 +79,13 @@ def test_masks_score_exactly_as_the_training_evaluation(finished_run, split_as_f
   # images are averaged in another order (score sorts them by id).
   assert json.loads(scored.stdout) == pytest.approx(expected, rel=1e-12)
   assert printed == json.loads(scored.stdout)
+  # With --truth, the overlays compare with the truth in the Fig. 1 colours.
+  key = sorted(p.name.removesuffix(".png") for p in (split_as_files / "images").iterdir())[0]
+  image = np.asarray(Image.open(split_as_files / "images" / f"{key}.png"))
+  truth = np.asarray(Image.open(split_as_files / "truth" / f"{key}_segmentation.png")) > 128
+  mask = np.asarray(Image.open(out / f"{key}_segmentation.png")) > 128
+  drawn = np.asarray(Image.open(out / "overlay" / f"{key}_overlay.png"))
+  np.testing.assert_array_equal(drawn, overlays.draw_overlay(image, mask, 0.5, truth))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,10 @@ def test_mixed_folder_gives_masks_at_each_original_size(finished_run, mixed_fold
   assert "grey.png: greyscale image (mode L) converted to RGB" in captured.err
   assert "alpha.png: image with an alpha channel (mode RGBA) converted to RGB" in captured.err
   assert "Traceback" not in captured.err
+  # The header: what the model learnt from, and the warning for generated lesions only.
+  assert ("trained on: synthetic_lesions/dermoscopic (generated dermoscopic lesions, 29 training "
+          "images) at 32x32 pixels") in captured.err
+  assert predict.SYNTHETIC_WARNING in captured.err
   for key, (height, width) in SIZES.items():
     mask = Image.open(out / f"{key}_segmentation.png")
     assert mask.mode == "L" and mask.size == (width, height)
@@ -122,7 +134,8 @@ def test_mixed_folder_gives_masks_at_each_original_size(finished_run, mixed_fold
     assert np.all(probability[mask_on] >= np.floor(results["threshold"] * 255))
     assert np.all(probability[~mask_on] <= np.ceil(results["threshold"] * 255))
     overlay = Image.open(out / "overlay" / f"{key}_overlay.png")
-    assert overlay.mode == "RGB" and overlay.size == (width, height)
+    # The image at its own size below the key strip (wider when the image is narrower).
+    assert overlay.mode == "RGB" and overlay.size[0] >= width and overlay.size[1] > height
   assert not (out / "broken_segmentation.png").exists()
 
 
@@ -192,11 +205,87 @@ def test_model_for_another_input_size_is_refused(finished_run, mixed_folder, tmp
   assert "takes 64x64 images" in err and "trained at 32x32" in err
 
 
-def test_overlay_outlines_and_tints_the_lesion():
+def test_overlay_outlines_and_tints_the_lesion_in_blue():
   image = np.full((12, 12, 3), 100, np.uint8)
   mask = np.zeros((12, 12), bool)
   mask[3:9, 3:9] = True
-  drawn = predict.overlay(image, mask)
-  np.testing.assert_array_equal(drawn[3, 5], predict.OVERLAY_TINT)  # border: the outline
-  assert drawn[5, 5, 1] > 100 and drawn[5, 5, 0] < 100  # inside: tinted green
+  drawn = overlays.overlay(image, mask)
+  np.testing.assert_array_equal(drawn[3, 5], overlays.PREDICTION_COLOUR)  # border: the outline
+  assert drawn[5, 5, 2] > 100 and drawn[5, 5, 0] < 100  # inside: tinted blue
   np.testing.assert_array_equal(drawn[0, 0], image[0, 0])  # background untouched
+  # Not one of the Fig. 1 colours, where green means a false negative.
+  assert overlays.PREDICTION_COLOUR not in figures.FIG1_COLOURS.values()
+
+
+def test_overlay_file_holds_the_image_below_its_key():
+  image = np.random.default_rng(2).integers(0, 256, (21, 33, 3), np.uint8)
+  mask = np.zeros((21, 33), bool)
+  mask[5:15, 8:20] = True
+  drawn = overlays.draw_overlay(image, mask, 0.6)
+  strip = drawn.shape[0] - 21
+  assert strip > 10 and drawn.shape[1] > 33  # a key wider than this small image
+  np.testing.assert_array_equal(drawn[strip:, :33], overlays.overlay(image, mask))
+  key = drawn[:strip].reshape(-1, 3)
+  assert np.any(np.all(key == overlays.PREDICTION_COLOUR, axis=-1))  # the swatch
+  assert np.any(key.max(axis=-1) < 100)  # the label's dark (antialiased) text
+
+
+def test_overlay_with_truth_blends_the_fig1_colours():
+  image = np.full((8, 8, 3), 100, np.uint8)
+  truth, mask = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+  truth[:, :4], mask[:4, :] = True, True  # TP top left, FP top right, FN bottom left
+  drawn = overlays.comparison_overlay(image, truth, mask)
+  for (row, col), kind in (((0, 0), "tp"), ((0, 7), "fp"), ((7, 0), "fn")):
+    expected = 0.5 * 100 + 0.5 * np.array(figures.FIG1_COLOURS[kind])
+    np.testing.assert_array_equal(drawn[row, col], np.round(expected))
+  np.testing.assert_array_equal(drawn[7, 7], image[7, 7])  # TN: the image as it is
+  with_key = overlays.draw_overlay(image, mask, 0.5, truth)
+  np.testing.assert_array_equal(with_key[-8:, :8], drawn)
+
+
+def _fake_run(folder: pathlib.Path, train: list[str], init_from: str | None = None) -> str:
+  folder.mkdir()
+  (folder / "config.json").write_text(json.dumps(
+      {"data": {"train": train, "image_size": 64}, "init_from": init_from}))
+  return str(folder)
+
+
+def test_training_lines_follow_init_from(tmp_path):
+  # Runs whose data dir is not here: the number of training images is left out.
+  synthetic = _fake_run(tmp_path / "pre", ["synthetic_lesions/dermoscopic"])
+  lines = predict.training_lines(synthetic)
+  assert lines == ["trained on: synthetic_lesions/dermoscopic (generated dermoscopic lesions) "
+                   "at 64x64 pixels", predict.SYNTHETIC_WARNING]
+  tuned = _fake_run(tmp_path / "tuned", ["isic", "ph2"], init_from=synthetic)
+  lines = predict.training_lines(tuned)
+  assert lines == [f"trained on: isic (dermoscopic photographs) + ph2 (dermoscopic "
+                   f"photographs) at 64x64 pixels, starting from the run {synthetic} trained "
+                   "on synthetic_lesions/dermoscopic (generated dermoscopic lesions) at 64x64 "
+                   "pixels"]
+  waterloo = _fake_run(tmp_path / "waterloo", ["waterloo"])
+  assert predict.training_lines(waterloo) == [
+      "trained on: waterloo (macroscopic photographs) at 64x64 pixels"]
+  assert predict.training_lines(None)[0].startswith("trained on: unknown")
+
+
+def test_large_photo_keeps_its_size_and_outputs_are_not_overwritten(finished_run, tmp_path,
+                                                                    capsys):
+  workdir, _ = finished_run
+  photo = tmp_path / "large.jpg"  # the size of a phone photograph, not square
+  Image.fromarray(np.random.default_rng(3).integers(0, 256, (1043, 1640, 3), np.uint8)).save(
+      photo, quality=90)
+  out = tmp_path / "out"
+  args = ["--workdir", workdir, "--images", str(photo), "--out", str(out)]
+  assert predict.main(args) == 0
+  for name in ("large_segmentation.png", "probability/large_probability.png"):
+    assert Image.open(out / name).size == (1640, 1043)
+  overlay_before = (out / "overlay" / "large_overlay.png").read_bytes()
+  capsys.readouterr()
+  # Refused before the model is even looked for: a workdir that is not a run gives this error.
+  assert predict.main(["--workdir", str(tmp_path / "no_run")] + args[2:]) == 2
+  err = capsys.readouterr().err
+  assert err == (f"error: --out {out} already holds the outputs of 1 of these images "
+                 "(large_segmentation.png); pass --overwrite to replace them, or choose "
+                 "another --out\n")
+  assert predict.main(args + ["--overwrite"]) == 0
+  assert (out / "overlay" / "large_overlay.png").read_bytes() == overlay_before

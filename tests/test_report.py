@@ -126,6 +126,30 @@ def test_compare_prints_the_table_and_the_paired_differences(two_runs, capsys):
   assert "| smartskins | JA | 90.00 | 90.00 | +0.00 | [+0.00, +0.00] | no | 1 |" in out
 
 
+def test_compare_of_three_runs_gives_every_pair_its_differences(two_runs, tmp_path, capsys):
+  scratch = tmp_path / "scratch"
+  _fake_run(scratch, {"dermofit": _images({"a": 0.55, "b": 0.65, "c": 0.75})})
+  assert report.main(["compare", str(scratch), *two_runs, "--names", "Exp 0", "Exp 1", "Exp 2",
+                      "--resamples", "1000"]) == 0
+  out = capsys.readouterr().out
+  # Every image improves by the same amount in each pair, so each CI is a point.
+  assert "| dermofit | JA | 65.00 | 70.00 | +5.00 | [+5.00, +5.00] | yes | 3 |" in out
+  assert "| dermofit | JA | 65.00 | 75.00 | +10.00 | [+10.00, +10.00] | yes | 3 |" in out
+  assert "| dermofit | JA | 70.00 | 75.00 | +5.00 | [+5.00, +5.00] | yes | 3 |" in out
+  assert out.index("(Exp 1 − Exp 0") < out.index("(Exp 2 − Exp 0") < out.index("(Exp 2 − Exp 1")
+  assert "| validation |" not in out  # only where both runs wrote their validation images
+
+
+def test_compare_pairs_the_validation_images_where_both_runs_wrote_them(two_runs, capsys):
+  for workdir, values in zip(two_runs, ({"#0": 0.5, "#1": 0.7}, {"#0": 0.6, "#1": 0.8})):
+    report.write_per_image(workdir, {"validation": (
+        list(values), {m: np.array(list(values.values())) for m in METRICS})},
+        report.VALIDATION_PER_IMAGE)
+  assert report.main(["compare", *two_runs, "--resamples", "100"]) == 0
+  assert "| validation | JA | 60.00 | 70.00 | +10.00 | [+10.00, +10.00] | yes | 2 |" in (
+      capsys.readouterr().out)
+
+
 def test_compare_writes_a_report_without_the_figure(two_runs, tmp_path):
   out_dir = tmp_path / "cmp"
   path = report.write_comparison_report(str(out_dir), list(two_runs), ["Exp 1", "Exp 2"],
@@ -147,7 +171,7 @@ def test_compare_command_line_reports_a_missing_run(tmp_path):
                            str(tmp_path / "nope"), str(tmp_path / "nope2")],
                           cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2
-  assert "not a finished run" in result.stderr and "Traceback" not in result.stderr
+  assert "nope: no such folder" in result.stderr and "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,3 +305,15 @@ def test_table_command_reads_the_runs_of_a_sweep_folder(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="holds no training run"):
     report.run_folders([str(tmp_path / "empty")])
+
+
+def test_overlays_of_an_image_id_with_a_slash_are_written_flat(tmp_path):
+  # Waterloo's ids name their atlas: "dermquest/D19_2".
+  image = np.full((8, 8, 3), 200, np.uint8)
+  mask = np.zeros((8, 8), np.uint8)
+  mask[2:6, 2:6] = 1
+  example = {"image": image, "mask": mask[..., None], "image_id": b"dermquest/D19_2"}
+  written = report.write_overlays(str(tmp_path), "waterloo", [("best", 0, 0)], [example],
+                                  mask[None].astype(np.float32), np.array([0.9]), 8, 0.5)
+  assert [os.path.basename(p) for p in written] == ["best1_dermquest_D19_2_ja0.900.png"]
+  assert os.path.isfile(written[0])

@@ -132,8 +132,8 @@ def test_every_problem_is_listed_at_once(folders, capsys):
   _save(pred / "ISIC_0000007_Segmentation.png", np.zeros((H, W)))  # duplicate id
   err = _error_of(truth, pred, capsys)
   assert "7 problem(s)" in err
-  for needle in ("ISIC_0000002_segmentation.png has no prediction",
-                 "ISIC_0000099.png has no truth",
+  for needle in ("1 truth mask(s) without a prediction: ISIC_0000002_segmentation.png",
+                 "1 prediction(s) without a truth mask: ISIC_0000099.png",
                  "ISIC_0000003.png is 17x24 (HxW), its truth ISIC_0000003_segmentation.png is "
                  "16x24",
                  "ISIC_0000004_segmentation.png: cannot be read as a PNG",
@@ -141,13 +141,14 @@ def test_every_problem_is_listed_at_once(folders, capsys):
                  "ISIC_0000006_segmentation.png: values are 0/1 only",
                  "both give image id 'ISIC_0000007'"):
     assert needle in err, needle
+  assert score.PAIRING_RULE in err
 
 
 def test_empty_and_missing_folders(tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()
   err = _error_of(empty, tmp_path / "nowhere", capsys)
-  assert "truth folder" in err and "holds no .png masks" in err
+  assert "truth folder" in err and "holds no masks (*.png, *.bmp)" in err
   assert "nowhere does not exist" in err
 
 
@@ -162,8 +163,8 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   # The empty folder is the cause; its consequence (every truth unpaired) is not listed.
-  assert f"prediction folder {pred} holds no .png masks" in result.stderr
-  assert "has no prediction" not in result.stderr
+  assert f"prediction folder {pred} holds no masks" in result.stderr
+  assert "without a prediction" not in result.stderr
 
 
 def test_a_missing_truth_folder_is_the_single_cause(tmp_path, capsys):
@@ -175,7 +176,73 @@ def test_a_missing_truth_folder_is_the_single_cause(tmp_path, capsys):
   assert err.strip().count("\n") == 0 and f"truth folder {tmp_path / 'no_truth'} does not exist" in err
 
 
-def test_image_id_accepts_the_isic_namings():
+def test_image_id_accepts_the_isic_ph2_and_waterloo_namings():
   for name in ("ISIC_0012345_segmentation.png", "ISIC_0012345_Segmentation.png",
                "ISIC_0012345.png"):
     assert score.image_id(pathlib.Path(name)) == "ISIC_0012345"
+  for name in ("IMD003_lesion.bmp", "IMD003_Lesion.png", "IMD003_segmentation.png"):
+    assert score.image_id(pathlib.Path(name)) == "IMD003"
+  for name in ("AMM_1_contour.png", "AMM_1_orig_segmentation.png", "AMM_1_orig.png"):
+    assert score.image_id(pathlib.Path(name)) == "AMM_1"
+  # Only a suffix counts: an id that merely contains the words keeps them.
+  assert score.image_id(pathlib.Path("lesion_contour_7.png")) == "lesion_contour_7"
+
+
+def _jaccard(truth: np.ndarray, pred: np.ndarray) -> float:
+  truth, pred = truth > 128, pred > 128
+  return np.count_nonzero(truth & pred) / np.count_nonzero(truth | pred)
+
+
+def test_ph2_and_waterloo_names_pair_and_score_as_numpy(tmp_path):
+  truth, pred = tmp_path / "truth", tmp_path / "pred"
+  truth.mkdir()
+  pred.mkdir()
+  # truth name, prediction name (as predict writes it, or plain), truth mask, predicted mask
+  pairs = [("IMD003_lesion.png", "IMD003.png", _blob(2, 2, 8, 8), _blob(3, 2, 8, 10)),
+           ("IMD010_lesion.bmp", "IMD010_segmentation.png", _blob(0, 0, 16, 6),
+            _blob(0, 1, 16, 6)),  # PH2 ships its masks as BMP
+           ("AMM_1_contour.png", "AMM_1_orig_segmentation.png", _blob(5, 5, 4, 12),
+            _blob(6, 4, 6, 12))]  # Waterloo: photo AMM_1_orig.jpg, mask AMM_1_contour.png
+  for truth_name, pred_name, t, p in pairs:
+    _save(truth / truth_name, t)
+    _save(pred / pred_name, p)
+  got = score.score_folders(truth, pred)
+  assert got["n_images"] == 3
+  expected = np.mean([_jaccard(t, p) for _, _, t, p in pairs])
+  assert 0.3 < expected < 0.9
+  assert got["ja"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_unpaired_error_states_the_rule_and_names_a_few_files(tmp_path, capsys):
+  truth, pred = tmp_path / "truth", tmp_path / "pred"
+  truth.mkdir()
+  pred.mkdir()
+  for i in range(7):  # a naming the rule does not know: nothing pairs
+    _save(truth / f"IMD00{i}_mask.png", _blob(2, 2, 4, 4))
+    _save(pred / f"IMD00{i}.png", _blob(2, 2, 4, 4))
+  err = _error_of(truth, pred, capsys)
+  assert ("7 truth mask(s) without a prediction: IMD000_mask.png, IMD001_mask.png, "
+          "IMD002_mask.png, IMD003_mask.png, IMD004_mask.png and 2 more") in err
+  assert ("7 prediction(s) without a truth mask: IMD000.png, IMD001.png, IMD002.png, "
+          "IMD003.png, IMD004.png and 2 more") in err
+  assert "2 problem(s)" in err and score.PAIRING_RULE in err
+  assert "IMD005" not in err
+
+
+def test_two_files_with_one_id_are_named(tmp_path, capsys):
+  truth, pred = tmp_path / "truth", tmp_path / "pred"
+  truth.mkdir()
+  pred.mkdir()
+  _save(truth / "IMD003.png", _blob(2, 2, 4, 4))
+  _save(truth / "IMD003_lesion.png", _blob(2, 2, 4, 4))
+  _save(pred / "IMD003_segmentation.png", _blob(2, 2, 4, 4))
+  err = _error_of(truth, pred, capsys)
+  assert "truth: IMD003.png and IMD003_lesion.png both give image id 'IMD003'" in err
+
+
+def test_help_states_the_pairing_rule(capsys):
+  with pytest.raises(SystemExit):
+    score.main(["--help"])
+  printed = " ".join(capsys.readouterr().out.split())
+  assert "_lesion (PH2)" in printed and "_contour (Waterloo)" in printed
+  assert "IMD003_lesion.png pairs with IMD003.png" in printed

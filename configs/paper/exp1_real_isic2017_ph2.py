@@ -16,14 +16,10 @@ paper's section 2.2) at 256x256, the size of the shared ISIC copies (256x192), i
 Data ($LESION_JAX_REAL_DATA, default ../shared/data):
 - isic2017/: the official ISIC-2017_{Training,Validation}_{Data,Part1_GroundTruth}.zip and
   Part3 CSVs, read in place (no ISIC 2017 test archives: the isic test split is empty).
-- PH2 in its official release layout (PH2Dataset/PH2 Dataset images/IMDxxx/...), at
-  $LESION_JAX_PH2_RELEASE (default $LESION_JAX_REAL_DATA/ph2). The shared copy is flattened
-  (images/IMDxxx.jpg, masks/IMDxxx_lesion.png), so rebuild the release layout once first, e.g.
-  with the helper of tests/test_builders_real_data.py:
-    LESION_JAX_REAL_DATA=../shared/data .venv/bin/python -c "import sys; sys.path[:0] = ['tests'];
-      from pathlib import Path; from test_builders_real_data import write_ph2_release;
-      write_ph2_release(Path('../shared/data/ph2'), Path('runs/ph2_release'))"
-    export LESION_JAX_PH2_RELEASE=runs/ph2_release
+- ph2/: the flattened shared copy (images/IMDxxx.jpg, masks/IMDxxx_lesion.png,
+  PH2_dataset.xlsx), read in place; the builder gives it the same split as the official release.
+  $LESION_JAX_PH2_RELEASE, if set, points at another PH2 folder instead (e.g. the extracted
+  PH2Dataset.rar release).
 Variants: `smoke` is the same real data at 64x64 for one epoch (checks the data path in minutes);
 `cpu` trains at 128x128 for 3 epochs (the README's worked example, 2.5 minutes on 2 idle cores);
 `runlocal` swaps both databases for synthetic_lesions/dermoscopic (no real data needed).

@@ -4,9 +4,16 @@ Every builder partitions its images with `partition`, so the same files always g
 split, whatever order the file system lists them in. Class proportions are kept per split: the
 count of each class in a split is its exact share rounded by the largest-remainder method, so
 no class is off by more than one image and the split totals are exact.
+
+`hashed_partition` is the other kind, for databases that circulate in incomplete copies
+(`waterloo`): each group's split is a function of its own key alone, so a copy missing some
+files splits the files it has exactly as the complete copy does. The price is that shares hold
+only in expectation, per class as well as overall.
 """
 from __future__ import annotations
 
+import bisect
+import hashlib
 from collections import defaultdict
 from typing import Hashable, Mapping, Sequence
 
@@ -28,6 +35,11 @@ def _largest_remainder(total: int, shares: Sequence[float]) -> list[int]:
   return counts.tolist()
 
 
+def _check_fractions(fractions: Mapping[str, float]) -> None:
+  if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
+    raise ValueError(f"split fractions must be non-negative and sum to 1, got {dict(fractions)}")
+
+
 def partition(ids: Sequence[str], labels: Sequence[Hashable] | None,
               fractions: Mapping[str, float], seed: int = DEFAULT_SEED) -> dict[str, list[str]]:
   """Splits `ids` into the named fractions, stratified by `labels` (None: one class).
@@ -38,8 +50,7 @@ def partition(ids: Sequence[str], labels: Sequence[Hashable] | None,
     raise ValueError("partition() got duplicate ids; deduplicate before splitting")
   if labels is not None and len(labels) != len(ids):
     raise ValueError(f"partition() got {len(ids)} ids but {len(labels)} labels")
-  if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
-    raise ValueError(f"split fractions must be non-negative and sum to 1, got {dict(fractions)}")
+  _check_fractions(fractions)
   names = list(fractions)
   by_class: dict[Hashable, list[str]] = defaultdict(list)
   for i, image_id in enumerate(ids):
@@ -85,3 +96,39 @@ def train_validation_test(ids: Sequence[str], labels: Sequence[Hashable] | None,
       "validation": pool_fraction * VALIDATION_FRACTION,
       "test": test_fraction,
   }, seed)
+
+
+def unit_hash(key: str, salt: str) -> float:
+  """A number in [0, 1) fixed by `key` and `salt` alone, on every machine and Python version.
+
+  SHA-256, not `hash()`: Python salts str hashes per process. 53 bits, so that the float is
+  exact and can never round up to 1.0.
+  """
+  digest = hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).digest()
+  return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+
+
+def hashed_partition(ids: Sequence[str], groups: Sequence[str], fractions: Mapping[str, float],
+                     salt: str) -> dict[str, list[str]]:
+  """Splits `ids` so that each id's split depends only on its group key (and `salt`).
+
+  The group's `unit_hash` is compared with the cumulative fractions, in the order given: with
+  {"train": 0.6, "validation": 0.2, "test": 0.2}, u < 0.6 is train, u < 0.8 validation, else
+  test. Ids of one group (the photographs of one lesion) therefore always share a split, and
+  removing or adding other ids never moves them. Every group draws its own independent u, so
+  each class, whatever the stratification variable, gets the fractions in expectation; the
+  realized counts scatter binomially around them. Returns {split name: sorted ids}.
+  """
+  if len(set(ids)) != len(ids):
+    raise ValueError("hashed_partition() got duplicate ids; deduplicate before splitting")
+  if len(groups) != len(ids):
+    raise ValueError(f"hashed_partition() got {len(ids)} ids but {len(groups)} groups")
+  _check_fractions(fractions)
+  names = list(fractions)
+  bounds = np.cumsum([fractions[n] for n in names]).tolist()
+  result: dict[str, list[str]] = {n: [] for n in names}
+  for image_id, group in zip(ids, groups):
+    # min(): rounding can leave the last bound a hair under 1.0; u above it is the last split.
+    index = min(bisect.bisect_right(bounds, unit_hash(group, salt)), len(names) - 1)
+    result[names[index]].append(image_id)
+  return {n: sorted(v) for n, v in result.items()}

@@ -7,7 +7,8 @@ from typing import Sequence
 
 from lesion_jax.export.benchmark import benchmark, benchmark_table
 from lesion_jax.export.parity import ParityError
-from lesion_jax.export.run import export_run
+from lesion_jax.export.run import export_run, trained_run
+from lesion_jax.errors import LesionJaxError
 from lesion_jax.export.tflite import QUANTIZATIONS, ExportError
 from lesion_jax.registry import Registry
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       prog="python -m lesion_jax.export",
       description="Export a trained run to TensorFlow Lite, checked against the JAX model.")
   parser.add_argument("--workdir", help="the training run (its best checkpoint is exported)")
+  parser.add_argument("--model", help="instead of --workdir: a trained model shipped with "
+                                      "lesion_jax, by name (lesion_jax.models.trained)")
   parser.add_argument("--step", type=int, default=None,
                       help="export this step of checkpoints/latest instead of the best")
   parser.add_argument("--format", default="tflite", help="tflite (the only format offered)")
@@ -52,18 +55,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format.lower() == "onnx":
       raise ExportError(ONNX_NOT_OFFERED)
     exporter = FORMATS.get(args.format, where="--format")
-    missing = [flag for flag, value in (("--workdir", args.workdir), ("--out", args.out))
-               if not value]
+    missing = [flag for flag, value in (("--workdir or --model", args.workdir or args.model),
+                                        ("--out", args.out)) if not value]
     if missing:
       parser.error(f"{' and '.join(missing)} required (or --benchmark)")
-    report = exporter(args.workdir, args.out, step=args.step, quantize=args.quantize,
+    if args.workdir and args.model:
+      parser.error("give --workdir (a run) or --model (a trained model), not both")
+    source = trained_run(args.model) if args.model else args.workdir
+    report = exporter(source, args.out, step=args.step, quantize=args.quantize,
                       with_threshold=args.with_threshold, parity_images=args.parity_images,
                       latency_runs=args.latency_runs)
   except ParityError as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
-  except (ExportError, FileNotFoundError, KeyError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
+  except (ExportError, LesionJaxError, FileNotFoundError, KeyError, ValueError) as error:
+    print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+    return 2
+  except OSError as error:  # --out a folder, a folder that cannot be written, a full disk
+    print(f"error: {error.filename or '--out'}: {error.strerror}", file=sys.stderr)
     return 2
   print(report.summary())
   return 0

@@ -222,9 +222,20 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -
                  for leaf in jax.tree_util.tree_leaves(shapes.get("params", {}))))
 
 
+def load_trained(name: str, directory: str | None = None) -> Any:
+  """The trained segmenter shipped as `name` (`lesion_jax.models.trained.load`, which documents
+  it): a `TrainedModel` with its module, variables, threshold and input size.
+
+  `trained` is imported on the call, so that `import lesion_jax.models`, which every training
+  process does, never runs trained.py (its writer and command line) nor what it imports.
+  """
+  from lesion_jax.models import trained
+  return trained.load(name, directory)
+
+
 __all__ = [
     "CPU_YNNPACK_CHOICES", "MODELS", "DeepLab", "DepthwiseConv2D", "KernelOptions",
     "MobileNetV2Encoder", "UNet", "Xception65Encoder",
     "check_input_size", "count_params", "create_model", "deeplab_mobilenetv2",
-    "deeplabv3plus_xception65", "model_names", "xla_compiler_options",
+    "deeplabv3plus_xception65", "load_trained", "model_names", "xla_compiler_options",
 ]

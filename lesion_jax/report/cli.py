@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
+from lesion_jax.errors import LesionJaxError, MissingPathError
 from lesion_jax.report import tables
 from lesion_jax.report.compare import comparison_text, write_comparison_report
 
@@ -32,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
 
   try:
+    _check_folders(args.workdirs)
     if args.command == "compare":
       if args.names and len(args.names) != len(args.workdirs):
         parser.error(f"--names has {len(args.names)} labels for {len(args.workdirs)} runs")
@@ -49,7 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{subset}:\n{tables.table2_markdown(entries, subset)}\n")
       if args.out:
         print("wrote " + " and ".join(tables.write_table2(args.out, entries)))
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
+  except (LesionJaxError, FileNotFoundError, KeyError, ValueError) as error:
+    print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+    return 2
+  except OSError as error:  # --out a file, a folder that cannot be written, a full disk
+    print(f"error: {error.filename or '--out'}: {error.strerror}", file=sys.stderr)
     return 2
   return 0
+
+
+def _check_folders(paths: Sequence[str]) -> None:
+  """Every named run or sweep is a folder: a missing one is an error, not an empty table."""
+  for path in paths:
+    if not os.path.isdir(path):
+      what = "is a file, not a run folder" if os.path.exists(path) else "no such folder"
+      raise MissingPathError(f"{path}: {what}")

@@ -90,6 +90,12 @@ def differences_table(rows: Sequence[Mapping[str, Any]], name_a: str, name_b: st
   return "\n".join(lines)
 
 
+def pairs(num_runs: int) -> list[tuple[int, int]]:
+  """The paired comparisons of `num_runs` runs: every later run against every earlier one
+  (Exp 0, Exp 1, Exp 2: 1-0, 2-0, 2-1), each later run as B."""
+  return [(i, j) for j in range(1, num_runs) for i in range(j)]
+
+
 def default_names(workdirs: Sequence[str]) -> list[str]:
   """Folder names, or the full paths when two folders share a name."""
   names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
@@ -98,7 +104,7 @@ def default_names(workdirs: Sequence[str]) -> list[str]:
 
 def comparison_text(workdirs: Sequence[str], names: Sequence[str] | None = None,
                     resamples: int = 10_000, seed: int = 0) -> tuple[str, dict]:
-  """The side-by-side table (and for two runs the paired differences) as printable text."""
+  """The side-by-side table and the paired differences of every pair of runs, as text."""
   names = list(names) if names else default_names(workdirs)
   if len(names) != len(workdirs):
     raise ValueError(f"{len(names)} names for {len(workdirs)} runs")
@@ -107,17 +113,21 @@ def comparison_text(workdirs: Sequence[str], names: Sequence[str] | None = None,
   lines += ["", results_table(comparison_rows(list(zip(names, results))))]
   data: dict[str, Any] = {"runs": {n: {"workdir": w, "results": r}
                                    for n, w, r in zip(names, workdirs, results)}}
-  if len(workdirs) == 2:
-    differences = paired_differences(read_per_image(workdirs[0]), read_per_image(workdirs[1]),
-                                     resamples=resamples, seed=seed)
-    data["paired_differences"] = differences
-    lines += ["", f"Per-image paired differences ({names[1]} − {names[0]}, percentage points), "
+  # The validation images too, where both runs wrote them: a choice between two settings
+  # (e.g. a lever's ablation) is made there, the test being kept for the report.
+  per_image = ([read_per_image(w, validation=True) for w in workdirs] if len(workdirs) > 1
+               else [])
+  for i, j in pairs(len(workdirs)):
+    differences = paired_differences(per_image[i], per_image[j], resamples=resamples, seed=seed)
+    data.setdefault("paired_differences", []).extend(
+        dict(row, a_name=names[i], b_name=names[j]) for row in differences)
+    lines += ["", f"Per-image paired differences ({names[j]} − {names[i]}, percentage points), "
               f"bootstrap 95% CI over test images ({resamples:,} resamples, seed {seed}):", "",
-              differences_table(differences, names[0], names[1])]
+              differences_table(differences, names[i], names[j])]
     unmatched = [r for r in differences if r["metric"] == "tja" and (r["only_a"] or r["only_b"])]
     for row in unmatched:
-      lines.append(f"note: {row['subset']}: {row['only_a']} images only in {names[0]}, "
-                   f"{row['only_b']} only in {names[1]}; they are left out of the differences")
+      lines.append(f"note: {row['subset']}: {row['only_a']} images only in {names[i]}, "
+                   f"{row['only_b']} only in {names[j]}; they are left out of the differences")
   return "\n".join(lines), data
 
 

@@ -201,7 +201,9 @@ def write_overlays(workdir: str, dataset: str, picks: Sequence[tuple[str, int, i
     image, truth = pipeline.resize_pair(np.asarray(example["image"]),
                                         np.asarray(example["mask"]), image_size)
     image_id = _text(example.get("image_id", b""))
-    path = os.path.join(folder, f"{kind}{rank + 1}_{image_id}_ja{ja[position]:.3f}.png")
+    # An image id may hold a "/" (waterloo: "dermquest/D19_2"), which a file name cannot.
+    name = f"{kind}{rank + 1}_{safe_name(image_id)}_ja{ja[position]:.3f}.png"
+    path = os.path.join(folder, name)
     title = (f"{dataset}: {kind} {rank + 1} of the test images by JA, {image_id} "
              f"(JA {100 * ja[position]:.1f}%)")
     plot_overlay(path, image, truth > 0, prob >= threshold, title, threshold)

@@ -193,14 +193,20 @@ def write_run_report(workdir: str, results: Mapping[str, Any], ja_curve: np.ndar
                        results["threshold"])
 
 
+VALIDATION_PER_IMAGE = "per_image_validation.csv"
+VALIDATION_SUBSET = "validation"
+
+
 def write_per_image(workdir: str,
-                    per_dataset: Mapping[str, tuple[Sequence[str], Mapping[str, np.ndarray]]]
-                    ) -> str:
-  """per_image.csv: one row per test image and its six metrics at the chosen threshold.
+                    per_dataset: Mapping[str, tuple[Sequence[str], Mapping[str, np.ndarray]]],
+                    filename: str = "per_image.csv") -> str:
+  """per_image.csv: one row per test image and its six metrics at the chosen threshold
+  (per_image_validation.csv: the same for the validation images, which chose the run's
+  checkpoint and threshold).
 
   Paired comparisons between runs (e.g. Exp 1 vs Exp 2) join these files on (dataset, image_id).
   """
-  path = os.path.join(workdir, "per_image.csv")
+  path = os.path.join(workdir, filename)
   with open(path, "w") as f:
     f.write("dataset,image_id," + ",".join(METRIC_COLUMNS) + "\n")
     for dataset, (ids, values) in per_dataset.items():
@@ -210,17 +216,21 @@ def write_per_image(workdir: str,
   return path
 
 
-def read_per_image(workdir: str) -> dict[str, dict[str, dict[str, float]]]:
-  """per_image.csv as {dataset: {image_id: {metric: value}}}."""
+def read_per_image(workdir: str, validation: bool = False
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+  """per_image.csv as {dataset: {image_id: {metric: value}}}; with `validation`, also the
+  validation images as dataset "validation" where the run wrote them."""
   path = os.path.join(workdir, "per_image.csv")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir!r} has no per_image.csv; runs finished before it existed "
                             "cannot be compared image by image")
+  paths = [path] + ([os.path.join(workdir, VALIDATION_PER_IMAGE)] if validation else [])
   out: dict[str, dict[str, dict[str, float]]] = {}
-  with open(path, newline="") as f:
-    for row in csv.DictReader(f):
-      out.setdefault(row["dataset"], {})[row["image_id"]] = {
-          m: float(row[m]) for m in METRIC_COLUMNS}
+  for path in (p for p in paths if os.path.exists(p)):
+    with open(path, newline="") as f:
+      for row in csv.DictReader(f):
+        out.setdefault(row["dataset"], {})[row["image_id"]] = {
+            m: float(row[m]) for m in METRIC_COLUMNS}
   return out
 
 

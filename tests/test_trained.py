@@ -1,0 +1,54 @@
+"""Shipped trained segmenters: the single-file format, its checksum, loading by name."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lesion_jax import inference, runs
+from lesion_jax.errors import DataError, UnknownNameError
+from lesion_jax.models import trained
+
+
+@pytest.mark.parametrize("name", trained.names())
+def test_each_shipped_model_loads_and_its_checksum_matches(name):
+  model = trained.load(name)
+  assert trained.sha256(trained.SHIPPED_DIR / f"{name}.msgpack") == model.card["sha256"]
+  assert model.image_size == (256, 256) and 0.5 <= model.threshold <= 1.0
+  height, width = model.image_size
+  probs = model.probabilities(np.zeros((1, height, width, 3), np.uint8))
+  assert probs.shape == (1, height, width) and np.isfinite(probs).all()
+
+
+def test_the_package_ships_the_dermoscopic_and_macroscopic_models():
+  assert {"dermoscopic", "macroscopic"} <= set(trained.names())
+
+
+@pytest.mark.slow
+def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
+    averaged_run, averaged_run_levers, tmp_path):
+  workdir, results = averaged_run
+  out = tmp_path / "zoo"
+  assert trained.main([workdir, "--name", "tiny", "--out", str(out)]) == 0
+  model = trained.load("tiny", out)
+  run = runs.load_run(workdir)
+  assert model.threshold == results["threshold"] and model.image_size == run.image_size
+  images = np.random.default_rng(0).integers(0, 256, (3, *run.image_size, 3), dtype=np.uint8)
+  expected = inference.predict_probabilities(run.model, run.variables, images,
+                                             tta=run.config.evaluation.tta)
+  np.testing.assert_array_equal(model.probabilities(images), expected)
+  card = json.loads((out / "tiny.json").read_text())
+  assert card["source"]["weights"] == "best" and card["training_data"] == list(
+      run.config.data.train)
+  # The weight average, with the threshold levers chose on validation.
+  assert trained.main([workdir, "--name", "tiny_ema", "--weights", "ema", "--out", str(out)]) == 0
+  assert trained.load("tiny_ema", out).card["source"]["weights"] == "ema"
+  with pytest.raises(UnknownNameError, match="tiny, tiny_ema"):
+    trained.load("tiyn", out)
+  damaged = tmp_path / "damaged"
+  shutil.copytree(out, damaged)
+  data = bytearray((damaged / "tiny.msgpack").read_bytes())
+  data[-1] ^= 1
+  (damaged / "tiny.msgpack").write_bytes(bytes(data))
+  with pytest.raises(DataError, match="SHA-256"):
+    trained.load("tiny", damaged)
