@@ -253,6 +253,21 @@ def dataset_names(names, key: str) -> tuple[str, ...]:
                if part.strip())
 
 
+def _validate_averaging(config: ml_collections.ConfigDict) -> None:
+  """The weight average, the weights the final evaluation scores and their mask clean-up."""
+  if config.training.ema_decay is not None and not 0 < config.training.ema_decay < 1:
+    raise ConfigError("config.training.ema_decay must be in (0, 1) (or None for no average), "
+                      f"got {config.training.ema_decay}")
+  if config.evaluation.weights not in ("best", "ema"):
+    raise ConfigError(f"config.evaluation.weights must be 'best' or 'ema', got "
+                      f"{config.evaluation.weights!r}")
+  if config.evaluation.weights == "ema" and config.training.ema_decay is None:
+    raise ConfigError("config.evaluation.weights='ema' needs config.training.ema_decay (e.g. "
+                      "0.9995): without it no weight average is kept")
+  from lesion_jax import postprocess as postprocess_lib
+  postprocess_lib.POSTPROCESS.get(config.evaluation.postprocess, "config.evaluation.postprocess")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every name and size in `config`; raises before anything expensive happens."""
   # Imported here: the registries import jax and flax, which a config file should not need.
@@ -296,17 +311,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_seconds is not None and not config.checkpoint.every_seconds > 0:
     raise ConfigError("config.checkpoint.every_seconds must be > 0 (or None), got "
                       f"{config.checkpoint.every_seconds}")
-  if config.training.ema_decay is not None and not 0 < config.training.ema_decay < 1:
-    raise ConfigError("config.training.ema_decay must be in (0, 1) (or None for no average), "
-                      f"got {config.training.ema_decay}")
-  if config.evaluation.weights not in ("best", "ema"):
-    raise ConfigError(f"config.evaluation.weights must be 'best' or 'ema', got "
-                      f"{config.evaluation.weights!r}")
-  if config.evaluation.weights == "ema" and config.training.ema_decay is None:
-    raise ConfigError("config.evaluation.weights='ema' needs config.training.ema_decay (e.g. "
-                      "0.9995): without it no weight average is kept")
-  from lesion_jax import postprocess as postprocess_lib
-  postprocess_lib.POSTPROCESS.get(config.evaluation.postprocess, "config.evaluation.postprocess")
+  _validate_averaging(config)
   if config.training.patience < 0:
     raise ConfigError(f"config.training.patience must be >= 0, got {config.training.patience}")
   if config.model.dtype not in ("float32", "bfloat16", "float16"):

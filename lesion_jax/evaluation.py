@@ -139,24 +139,24 @@ def image_ids(source, indices: np.ndarray) -> list[str]:
   return ids
 
 
-# Validation images are named by their position in the run's validation split (the same split
-# in every run of the same datasets), which a decoded split holds without its ids.
-VALIDATION_ID_PREFIX = "#"
-
-
 def write_reports(workdir: str, results: dict, ja_curve: np.ndarray, per_image: dict,
                   test_sources: dict, model, variables, size, num_overlays: int,
                   tta: str = "none", postprocess: str = "none",
-                  validation: tuple[Evaluation, int] | None = None) -> None:
-  """results.md, the curves, per_image.csv and the overlays of the best and worst test images."""
+                  validation: tuple[Evaluation, int, str] | None = None) -> None:
+  """results.md, the curves, per_image.csv and the overlays of the best and worst test images.
+
+  `validation` (its Evaluation, the threshold's index and its databases' names) also writes
+  per_image_validation.csv, its images named `<databases>#<position>`: a decoded split keeps no
+  ids, and the position is the same in every run that validates on the same databases.
+  """
   report.write_run_report(workdir, results, ja_curve=ja_curve,
                           thresholds=metrics_lib.THRESHOLDS)
   report.write_per_image(workdir, {
       name: (image_ids(test_sources[name], evaluation.index), image_metrics)
       for name, (evaluation, image_metrics) in per_image.items()})
   if validation is not None:
-    evaluation, t_index = validation
-    ids = [f"{VALIDATION_ID_PREFIX}{i}" for i in evaluation.index]
+    evaluation, t_index, databases = validation
+    ids = [f"{databases}#{i}" for i in evaluation.index]
     report.write_per_image(workdir, {report.VALIDATION_SUBSET: (
         ids, metrics_lib.isic_metrics(evaluation.counts[:, t_index]))},
         report.VALIDATION_PER_IMAGE)

@@ -476,7 +476,8 @@ def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_s
     evaluation_lib.write_reports(run.workdir, results, ja_curve, per_image, run.datasets.test,
                                  run.model, variables, run.image_size,
                                  run.config.report.num_overlays, run.config.evaluation.tta,
-                                 run.config.evaluation.postprocess, (validation, t_index))
+                                 run.config.evaluation.postprocess,
+                                 (validation, t_index, "+".join(run.config.data.train)))
   evaluation_lib.write_results(run.workdir, results)
   return results
 

@@ -177,8 +177,8 @@ def test_the_final_evaluation_scores_the_average_and_cleaned_masks_as_levers_doe
   lever = averaged_run_levers["ema+largest_component"]
   assert results["weights"] == "ema" and results["best_step"] == results["training"]["steps"]
   assert results["threshold"] == pytest.approx(lever["threshold"])
-  for name, metrics in results["test"].items():
-    assert metrics["ja"] == pytest.approx(lever["test"][name]["ja"], abs=1e-6)
+  for name, scores in results["test"].items():
+    assert scores["ja"] == pytest.approx(lever["test"][name]["ja"], abs=1e-6)
 
 
 def test_the_validation_images_are_written_image_by_image(averaged_run):

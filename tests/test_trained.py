@@ -38,6 +38,10 @@ def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
                                              tta=run.config.evaluation.tta)
   np.testing.assert_array_equal(model.probabilities(images), expected)
   card = json.loads((out / "tiny.json").read_text())
+  for split, metrics in results["test"].items():  # the card's CIs are about the run's means
+    low, high = card["metrics"]["test_ci"][split]["ja"][1:]
+    assert card["metrics"]["test_ci"][split]["ja"][0] == pytest.approx(metrics["ja"])
+    assert low <= metrics["ja"] <= high
   assert card["source"]["weights"] == "best" and card["training_data"] == list(
       run.config.data.train)
   # The weight average, with the threshold levers chose on validation.
@@ -52,3 +56,29 @@ def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
   (damaged / "tiny.msgpack").write_bytes(bytes(data))
   with pytest.raises(DataError, match="SHA-256"):
     trained.load("tiny", damaged)
+
+
+# The shipped models on real test splits reach their cards' figures: the same weights, threshold,
+# TTA and clean-up through the host evaluation path, on datasets built afresh from the archives.
+# Tolerance: 0.5 JA points (JPEG decoding and resizing may differ across library versions).
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("name, database", [("dermoscopic", "ph2"), ("macroscopic", "waterloo")])
+def test_a_shipped_model_reaches_its_card_on_real_data(name, database, real_data_dir, tmp_path):
+  import os
+
+  from lesion_jax import data, evaluation, metrics
+
+  model = trained.load(name)
+  builder = data.get_builder(database, data_dir=str(tmp_path),
+                             manual_dir=os.path.join(real_data_dir, database),
+                             options={"image_size": model.image_size[0]})
+  source = builder.as_data_source("test")
+  scored = evaluation.evaluate_on_host(
+      model.model, model.variables, source, model.image_size, tta=model.tta,
+      postprocess=model.config.evaluation.postprocess)
+  t_index = int(np.argmin(np.abs(metrics.THRESHOLDS - model.threshold)))
+  ja = metrics.macro_average(scored.counts[:, t_index])["ja"]
+  card = model.card["metrics"]["test"][database]
+  assert len(source) == card["n_images"]
+  assert ja == pytest.approx(card["ja"], abs=0.005)

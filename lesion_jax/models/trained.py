@@ -147,8 +147,12 @@ def _weights_of(workdir: str, weights: str) -> tuple[dict, int, float, dict]:
   if run.results is None:
     raise MissingPathError(f"{workdir!r} has no results.json: ship only a finished run")
   if weights == "best":
+    from lesion_jax.report.tables import read_per_image
+    per_image = {split: {m: [v[m] for v in images.values()] for m in METRICS}
+                 for split, images in read_per_image(workdir).items()}
     return run.variables, int(run.meta["step"]), float(run.results["threshold"]), {
-        "validation": run.results["validation"], "test": run.results["test"]}
+        "validation": run.results["validation"], "test": run.results["test"],
+        "test_ci": confidence_intervals(per_image)}
   levers_path = os.path.join(workdir, "levers", "levers.json")
   if not os.path.exists(levers_path):
     raise MissingPathError(f"{levers_path} is missing: run `python -m lesion_jax.levers "
@@ -160,7 +164,23 @@ def _weights_of(workdir: str, weights: str) -> tuple[dict, int, float, dict]:
                     "config.training.ema_decay keeps one)")
   step = int(lever["steps"][-1])
   return checkpoint.read_ema(workdir, step), step, float(lever["threshold"]), {
-      "validation": {"ja": lever["validation_ja"]}, "test": lever["test"]}
+      "validation": {"ja": lever["validation_ja"]}, "test": lever["test"],
+      "test_ci": confidence_intervals(lever["per_image"])}
+
+
+METRICS = ("tja", "ja", "di", "ac", "se", "sp")
+
+
+def confidence_intervals(per_image: dict) -> dict:
+  """{split: {metric: [mean, low, high]}}: bootstrap 95% CIs of the mean over the test images
+  (report.compare.bootstrap_mean_ci, 10,000 resamples, seed 0)."""
+  from lesion_jax.report.compare import bootstrap_mean_ci
+  out = {}
+  for split, values in per_image.items():
+    mean, low, high = bootstrap_mean_ci(np.stack([values[m] for m in METRICS], axis=1))
+    out[split] = {m: [float(mean[i]), float(low[i]), float(high[i])]
+                  for i, m in enumerate(METRICS)}
+  return out
 
 
 def write(workdir: str, name: str, weights: str = "best",
