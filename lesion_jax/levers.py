@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from lesion_jax import averaging, checkpoint as checkpoint_lib, metrics as metrics_lib
-from lesion_jax import parallel, postprocess as postprocess_lib, runs
+from lesion_jax import parallel, postprocess as postprocess_lib, runs, train
 from lesion_jax.data import loading, pipeline
 from lesion_jax.errors import LesionJaxError, MissingPathError
 from lesion_jax.report.compare import bootstrap_mean_ci
@@ -35,11 +35,11 @@ from lesion_jax.report.compare import bootstrap_mean_ci
 POSTPROCESSING = ("none", "largest_component")
 
 
-def _prepared(sources, size) -> tuple[np.ndarray, np.ndarray]:
-  """(images, masks) of raw examples at the run's size, as evaluation prepares them."""
-  examples = [pipeline.prepare_example(source[i], size)
-              for source in sources for i in range(len(source))]
-  return (np.stack([e["image"] for e in examples]), np.stack([e["mask"][..., 0] for e in examples]))
+def _prepared(sources, size, cache_gb: float) -> tuple[np.ndarray, np.ndarray]:
+  """(images, masks (N, H, W)) of raw examples at the run's size, as evaluation prepares them."""
+  split = pipeline.decode_split(sources, size, cache_gb=cache_gb)
+  arrays = split.gather(np.arange(len(split)))
+  return arrays["image"], arrays["mask"][..., 0]
 
 
 def checkpoint_plan(config, steps: list[int], steps_per_epoch: int,
@@ -84,19 +84,18 @@ def evaluate_levers(workdir: str) -> dict:
       run.config.evaluation.tta
   datasets = loading.load_datasets(config)
   # The run's global batch, on this machine's devices (as the run itself counted them).
-  devices = parallel.local_devices(config.num_devices)
-  steps_per_epoch = datasets.train_size // (config.batch_size_per_device * len(devices))
-  total_steps = config.training.num_epochs * steps_per_epoch
-  if config.training.max_steps:
-    total_steps = min(total_steps, config.training.max_steps)
+  global_batch = config.batch_size_per_device * len(parallel.local_devices(config.num_devices))
+  steps_per_epoch, total_steps, _ = train._step_plan(config, datasets.train_size, global_batch)
   manager = checkpoint_lib.RunCheckpoints(workdir, read_only=True)
   steps = sorted(manager.latest.all_steps())
   manager.close()
   plan = checkpoint_plan(config, steps, steps_per_epoch, total_steps)
   logging.info("variants: %s", {k: [s // steps_per_epoch for s in v] for k, v in plan.items()})
-  val_images, val_masks = _prepared(datasets.validation, size)
-  tests = {name: _prepared([source], size) for name, source in datasets.test.items() if len(source)}
-  train_images = _prepared(datasets.train, size)[0]
+  cache_gb = config.data.cache_gb
+  val_images, val_masks = _prepared(datasets.validation, size, cache_gb)
+  tests = {name: _prepared([source], size, cache_gb)
+           for name, source in datasets.test.items() if len(source)}
+  train_images = _prepared(datasets.train, size, cache_gb)[0]
   target = runs.abstract_variables(run.model, config.data.image_size)
   best, best_meta = checkpoint_lib.restore_variables(workdir, target)  # whatever the run reports
   members = {"best": [best]}

@@ -41,6 +41,7 @@ import numpy as np
 from flax import serialization
 
 from lesion_jax.errors import DataError, LesionJaxError, MissingPathError, UnknownNameError
+from lesion_jax.metrics import METRIC_NAMES
 
 FORMAT_VERSION = 1
 SHIPPED_DIR = pathlib.Path(__file__).parent / "trained_models"
@@ -148,7 +149,7 @@ def _weights_of(workdir: str, weights: str) -> tuple[dict, int, float, dict]:
     raise MissingPathError(f"{workdir!r} has no results.json: ship only a finished run")
   if weights == "best":
     from lesion_jax.report.tables import read_per_image
-    per_image = {split: {m: [v[m] for v in images.values()] for m in METRICS}
+    per_image = {split: {m: [v[m] for v in images.values()] for m in METRIC_NAMES}
                  for split, images in read_per_image(workdir).items()}
     return run.variables, int(run.meta["step"]), float(run.results["threshold"]), {
         "validation": run.results["validation"], "test": run.results["test"],
@@ -168,25 +169,22 @@ def _weights_of(workdir: str, weights: str) -> tuple[dict, int, float, dict]:
       "test_ci": confidence_intervals(lever["per_image"])}
 
 
-METRICS = ("tja", "ja", "di", "ac", "se", "sp")
-
-
 def confidence_intervals(per_image: dict) -> dict:
   """{split: {metric: [mean, low, high]}}: bootstrap 95% CIs of the mean over the test images
   (report.compare.bootstrap_mean_ci, 10,000 resamples, seed 0)."""
   from lesion_jax.report.compare import bootstrap_mean_ci
   out = {}
   for split, values in per_image.items():
-    mean, low, high = bootstrap_mean_ci(np.stack([values[m] for m in METRICS], axis=1))
+    mean, low, high = bootstrap_mean_ci(np.stack([values[m] for m in METRIC_NAMES], axis=1))
     out[split] = {m: [float(mean[i]), float(low[i]), float(high[i])]
-                  for i, m in enumerate(METRICS)}
+                  for i, m in enumerate(METRIC_NAMES)}
   return out
 
 
 def write(workdir: str, name: str, weights: str = "best",
           directory: pathlib.Path | str = SHIPPED_DIR) -> pathlib.Path:
   """NAME.msgpack and NAME.json from the finished run in `workdir`."""
-  from lesion_jax import runs
+  from lesion_jax import checkpoint, runs
   from lesion_jax.data import pipeline
 
   if weights not in WEIGHTS:
@@ -198,7 +196,7 @@ def write(workdir: str, name: str, weights: str = "best",
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / f"{name}.msgpack"
   path.write_bytes(serialization.msgpack_serialize(
-      {k: _as_numpy(v) for k, v in variables.items()}))
+      checkpoint.to_numpy(variables)))
   card = {
       "format": FORMAT_VERSION, "name": name, "sha256": sha256(path),
       "threshold": threshold, "image_size": list(pipeline.image_shape(config.data.image_size)),
@@ -214,11 +212,6 @@ def write(workdir: str, name: str, weights: str = "best",
   }
   (directory / f"{name}.json").write_text(json.dumps(card, indent=1, default=_jsonable) + "\n")
   return path
-
-
-def _as_numpy(tree: Any) -> Any:
-  import jax
-  return jax.tree.map(lambda x: np.asarray(x), tree)
 
 
 def _jsonable(value: Any) -> Any:
