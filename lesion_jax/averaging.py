@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lesion_jax import config as config_lib
+from lesion_jax import models as models_lib
 from lesion_jax import inference, optim
 
 
@@ -53,7 +53,7 @@ def batch_stats_model(config: ml_collections.ConfigDict):
   statistics at the batch's own, which `recompute_batch_stats` averages."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.bn_momentum = 0.0
-  return config_lib.models_from_config(config)
+  return models_lib.from_config(config)
 
 
 def recompute_batch_stats(model, variables: dict, images: np.ndarray,

@@ -1,14 +1,13 @@
-"""The base experiment config and its validation.
+"""The base experiment config: the schema every experiment shares, and its own checks.
 
 Every file in `configs/` starts from `base_config()` and changes a few fields, so all experiments
 share one schema. The base config is locked: a typo such as `config.modle` fails when the config
 file is loaded, and `--config.a.b=value` overrides of keys that do not exist are refused by
-ml_collections. `validate` then checks the values (registered names, sizes) before anything is
-built or compiled.
+ml_collections. `check_values` checks what the schema alone can (counts, ranges, fixed choices);
+`lesion_jax.spec.validate` adds the registered names and the model, once, at the entry.
 """
 from __future__ import annotations
 
-import inspect
 import os
 
 import ml_collections
@@ -253,8 +252,59 @@ def dataset_names(names, key: str) -> tuple[str, ...]:
                if part.strip())
 
 
-def _validate_averaging(config: ml_collections.ConfigDict) -> None:
-  """The weight average, the weights the final evaluation scores and their mask clean-up."""
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """The schema's own checks: known keys, positive counts, ranges and fixed choices.
+
+  Names looked up in the registries (models, losses, datasets...) and the model's own arguments
+  are checked by `lesion_jax.spec.validate`, which calls this first: the schema imports nothing
+  that imports it back.
+  """
+  check_known_keys(config)
+  if not dataset_names(config.data.train, "data.train"):
+    raise ConfigError("config.data.train is empty: name at least one dataset, e.g. "
+                      "'synthetic_lesions/dermoscopic'")
+  dataset_names(config.data.test, "data.test")
+  for key in ("batch_size_per_device", "training.num_epochs", "training.log_every_steps",
+              "training.eval_every_epochs", "checkpoint.keep"):
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+  _check_training(config)
+  _check_averaging(config)
+  if config.data.cache_gb < 0:
+    raise ConfigError(f"config.data.cache_gb must be >= 0, got {config.data.cache_gb}")
+  if config.checkpoint.every_seconds is not None and not config.checkpoint.every_seconds > 0:
+    raise ConfigError("config.checkpoint.every_seconds must be > 0 (or None), got "
+                      f"{config.checkpoint.every_seconds}")
+  if config.model.dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"config.model.dtype must be float32, bfloat16 or float16, "
+                      f"got {config.model.dtype!r}")
+  if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
+    raise ConfigError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
+                      f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
+  check_init_from(config)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+  training = config.training
+  if training.steps_per_dispatch is not None and training.steps_per_dispatch < 1:
+    raise ConfigError("config.training.steps_per_dispatch must be >= 1 (or None for the "
+                      f"backend's default), got {training.steps_per_dispatch}")
+  if training.divergence_factor < 0 or training.divergence_reference_steps < 1:
+    raise ConfigError("config.training.divergence_factor must be >= 0 (0: off) and "
+                      "divergence_reference_steps >= 1, got "
+                      f"{training.divergence_factor} and {training.divergence_reference_steps}")
+  if training.patience < 0:
+    raise ConfigError(f"config.training.patience must be >= 0, got {training.patience}")
+
+
+def _check_averaging(config: ml_collections.ConfigDict) -> None:
+  """The weight average and the weights the final evaluation scores."""
   if config.training.ema_decay is not None and not 0 < config.training.ema_decay < 1:
     raise ConfigError("config.training.ema_decay must be in (0, 1) (or None for no average), "
                       f"got {config.training.ema_decay}")
@@ -264,127 +314,12 @@ def _validate_averaging(config: ml_collections.ConfigDict) -> None:
   if config.evaluation.weights == "ema" and config.training.ema_decay is None:
     raise ConfigError("config.evaluation.weights='ema' needs config.training.ema_decay (e.g. "
                       "0.9995): without it no weight average is kept")
-  from lesion_jax import postprocess as postprocess_lib
-  postprocess_lib.POSTPROCESS.get(config.evaluation.postprocess, "config.evaluation.postprocess")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every name and size in `config`; raises before anything expensive happens."""
-  # Imported here: the registries import jax and flax, which a config file should not need.
-  from lesion_jax import data, losses, models
-
-  check_known_keys(config)
-  models.MODELS.get(config.model.name, where="config.model.name")
-  losses.LOSSES.get(config.loss, where="config.loss")
-  train = dataset_names(config.data.train, "data.train")
-  if not train:
-    raise ConfigError("config.data.train is empty: name at least one dataset, e.g. "
-                     f"{data.dataset_names()}")
-  for name in train + dataset_names(config.data.test, "data.test"):
-    data.DATASETS.get(name, where="config.data.train / config.data.test")
-  for key in ("batch_size_per_device", "training.num_epochs", "training.log_every_steps",
-              "training.eval_every_epochs", "checkpoint.keep"):
-    value = config
-    for part in key.split("."):
-      value = value[part]
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
-  from lesion_jax import augment
-  try:
-    augment.AugmentOptions.from_config(config)
-  except (ValueError, TypeError) as error:
-    raise ConfigError(f"config.data.augment: {error}") from None
-  from lesion_jax import inference
-  if config.evaluation.tta not in inference.TTA_CHOICES:
-    raise ConfigError(f"config.evaluation.tta must be one of {inference.TTA_CHOICES}, got "
-                      f"{config.evaluation.tta!r}")
-  if config.training.steps_per_dispatch is not None and config.training.steps_per_dispatch < 1:
-    raise ConfigError("config.training.steps_per_dispatch must be >= 1 (or None for the "
-                      f"backend's default), got {config.training.steps_per_dispatch}")
-  if config.data.cache_gb < 0:
-    raise ConfigError(f"config.data.cache_gb must be >= 0, got {config.data.cache_gb}")
-  if config.training.divergence_factor < 0 or config.training.divergence_reference_steps < 1:
-    raise ConfigError("config.training.divergence_factor must be >= 0 (0: off) and "
-                      "divergence_reference_steps >= 1, got "
-                      f"{config.training.divergence_factor} and "
-                      f"{config.training.divergence_reference_steps}")
-  if config.checkpoint.every_seconds is not None and not config.checkpoint.every_seconds > 0:
-    raise ConfigError("config.checkpoint.every_seconds must be > 0 (or None), got "
-                      f"{config.checkpoint.every_seconds}")
-  _validate_averaging(config)
-  if config.training.patience < 0:
-    raise ConfigError(f"config.training.patience must be >= 0, got {config.training.patience}")
-  if config.model.dtype not in ("float32", "bfloat16", "float16"):
-    raise ConfigError(f"config.model.dtype must be float32, bfloat16 or float16, "
-                     f"got {config.model.dtype!r}")
-  if config.cpu_ynnpack not in models.CPU_YNNPACK_CHOICES:
-    raise ConfigError(f"config.cpu_ynnpack must be one of {models.CPU_YNNPACK_CHOICES}, "
-                     f"got {config.cpu_ynnpack!r}")
-  if config.xla_gpu_command_buffer is not None:
-    _check_xla_option("xla_gpu_enable_command_buffer", config.xla_gpu_command_buffer,
-                      "config.xla_gpu_command_buffer")
-  if config.optimizer.cycle_epochs <= 0 or config.optimizer.cycle_mult < 1:
-    raise ConfigError("config.optimizer.cycle_epochs must be > 0 and cycle_mult >= 1, got "
-                     f"{config.optimizer.cycle_epochs} and {config.optimizer.cycle_mult}")
-  if config.model.init_from:
-    from lesion_jax import transfer
-    transfer.parse_pretrained(config.model.init_from)
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+  """config.init_from names an existing run folder (a transfer sets it once its source ran)."""
   if config.init_from and not os.path.isdir(os.path.expanduser(config.init_from)):
     raise MissingPathError(f"config.init_from={config.init_from!r}: no such run folder")
-  # Building the module is cheap (no parameters yet) and checks the model's own arguments.
-  from lesion_jax.data import pipeline
-  height, width = pipeline.image_shape(config.data.image_size)
-  if config.data.stored_size is not None:
-    pipeline.image_shape(config.data.stored_size, "config.data.stored_size")
-  try:
-    model = models_from_config(config)
-    models.check_input_size(model, height, width)
-  except ValueError as error:
-    if isinstance(error, ConfigError):
-      raise
-    raise ConfigError(f"config.model ({config.model.name}): {error}") from None
-
-
-def _check_xla_option(name: str, value, key: str) -> None:
-  """XLA parses its options when a program compiles: compile a tiny one to check `value`."""
-  import jax
-  import jax.numpy as jnp
-  try:
-    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(compiler_options={name: value})
-  except Exception as error:  # XLA reports a bad value as a plain runtime error
-    raise ConfigError(f"{key}={value!r} is not accepted by XLA: {error}") from None
-
-
-def _accepted_parameters(name: str):
-  from lesion_jax import models
-  return inspect.signature(models.MODELS.get(name, where="config.model.name")).parameters
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> tuple[dict, list[str]]:
-  """The config.model entries the named model accepts, and the names of those it ignores."""
-  accepted = _accepted_parameters(config.model.name)
-  takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-  kwargs, ignored = {}, []
-  for key, value in config.model.items():
-    if key in ("name", "init_from") or value is None:
-      continue
-    if takes_any or key in accepted:
-      kwargs[key] = value
-    else:
-      ignored.append(key)
-  if "dtype" in kwargs:
-    import jax.numpy as jnp
-    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
-  return kwargs, ignored
-
-
-def models_from_config(config: ml_collections.ConfigDict, **extra):
-  from lesion_jax import models
-
-  kwargs, _ = model_kwargs(config)
-  accepted = _accepted_parameters(config.model.name)
-  kwargs.update({k: v for k, v in extra.items() if k in accepted})
-  return models.create_model(config.model.name, **kwargs)
 
 
 def check_workdir_parent(workdir: str) -> None:

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from lesion_jax import config as config_lib
 from lesion_jax import parallel
 from lesion_jax import workdir as workdir_lib
 from lesion_jax.registry import Registry
@@ -45,7 +44,7 @@ def _function(path: str) -> Callable:
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
-EXPERIMENTS.add("train", Experiment("train:train_and_evaluate", "report.tables:run_end_summary"))
+EXPERIMENTS.add("train", Experiment("train:train_validated", "report.tables:run_end_summary"))
 EXPERIMENTS.add("benchmark", Experiment("benchmark:run_benchmark", "benchmark:end_summary"))
 EXPERIMENTS.add("sweep", Experiment("sweep:run_sweep", "sweep:sweep_end_summary"))
 EXPERIMENTS.add("transfer", Experiment("sweep:run_transfer", "sweep:transfer_end_summary"))
@@ -134,8 +133,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *, overwrite: bo
   # Before anything touches a JAX backend (choosing a model's kernels does).
   parallel.initialize_distributed(coordinator_address, num_processes, process_id)
   experiment = EXPERIMENTS.get(config.experiment, where="config.experiment")
-  # A bad config or workdir is reported before anything else is printed.
-  config_lib.validate(config)
+  # A bad config or workdir is reported before anything else is printed. The one check of the
+  # config: the experiments run it as it is (a sweep checks each run it derives from it).
+  # Imported here: the registries bring flax and tfds, which launch.py's flag errors do not need.
+  from lesion_jax import spec
+  spec.validate(config)
   workdir = workdir or default_workdir(config_path)
   workdir_lib.check_workdir(workdir)
   _enable_compilation_cache()

@@ -12,21 +12,21 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax.training import early_stopping
 
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import evaluation as evaluation_lib
 from lesion_jax import errors, inference, parallel, preemption
 from lesion_jax.data import pipeline
-
-if TYPE_CHECKING:
-  from lesion_jax.train import RunSetup
+from lesion_jax.spec import RunSpec
 
 
 NonFiniteLossError = errors.TrainingDiverged  # the name earlier versions raised
@@ -35,11 +35,11 @@ NonFiniteLossError = errors.TrainingDiverged  # the name earlier versions raised
 @dataclasses.dataclass
 class LoopState:
   """What the loop carries between steps and across a resume (checkpoint metadata)."""
-  best_val_ja: float = -1.0
+  # Early stopping on the validation JA (paper 2.2): flax's EarlyStopping, which minimises, kept
+  # on -JA. Its best_metric is inf before the first evaluation.
+  early_stop: early_stopping.EarlyStopping = dataclasses.field(
+      default_factory=early_stopping.EarlyStopping)
   best_step: int = 0
-  # Early stopping: evaluations in a row without a better validation JA.
-  evaluations_without_improvement: int = 0
-  should_stop: bool = False
   train_seconds: float = 0.0  # compilation, evaluation and saving excluded
   images_per_second: float = 0.0
   init_from: dict | None = None  # the run this one started from (transfer)
@@ -47,17 +47,36 @@ class LoopState:
   loss_reference: float = 0.0
   loss_reference_steps: int = 0
 
+  @property
+  def best_val_ja(self) -> float:
+    """The best validation JA so far; -1 before the first evaluation."""
+    best = self.early_stop.best_metric
+    return -1.0 if math.isinf(best) else -best
+
+  @property
+  def evaluations_without_improvement(self) -> int:
+    return self.early_stop.patience_count
+
+  @property
+  def should_stop(self) -> bool:
+    return self.early_stop.should_stop
+
   def record_validation(self, val_ja: float, step: int, patience: int) -> bool:
-    """Updates the best score and the early-stopping count; True when `val_ja` is a new best."""
-    improved = val_ja > self.best_val_ja
-    if improved:
-      self.best_val_ja, self.best_step = val_ja, step
-      self.evaluations_without_improvement = 0
-    else:
-      self.evaluations_without_improvement += 1
-    # Keras semantics: stop once `patience` evaluations in a row brought no improvement.
-    self.should_stop = not improved and self.evaluations_without_improvement >= patience
-    return improved
+    """Updates the best score and the early-stopping count; True when `val_ja` is a new best.
+
+    Keras (the paper's) stops once `patience` evaluations in a row brought no better JA; flax's
+    EarlyStopping counts only the evaluations before the one at hand, so it gets patience - 1.
+    """
+    self.early_stop = self.early_stop.replace(patience=patience - 1).update(-val_ja)
+    if self.early_stop.has_improved:
+      self.best_step = step
+    return self.early_stop.has_improved
+
+  @classmethod
+  def after_best(cls, val_ja: float, step: int, init_from: dict | None) -> "LoopState":
+    """The state of a run going on from its best checkpoint (no latest one restored)."""
+    return cls(early_stop=early_stopping.EarlyStopping(best_metric=-float(val_ja)),
+               best_step=step, init_from=init_from)
 
   def to_meta(self) -> dict:
     return {"best_val_ja": self.best_val_ja, "best_step": self.best_step,
@@ -69,9 +88,11 @@ class LoopState:
   @classmethod
   def from_meta(cls, meta: Mapping[str, Any]) -> "LoopState":
     """The state saved by `to_meta`, or by earlier versions (which also stored `es_best`)."""
-    return cls(best_val_ja=float(meta["best_val_ja"]), best_step=int(meta["best_step"]),
-               evaluations_without_improvement=int(meta["es_count"]),
-               should_stop=bool(meta["should_stop"]),
+    best = float(meta["best_val_ja"])
+    early_stop = early_stopping.EarlyStopping(
+        best_metric=-best if best >= 0 else float("inf"), patience_count=int(meta["es_count"]),
+        should_stop=bool(meta["should_stop"]))
+    return cls(early_stop=early_stop, best_step=int(meta["best_step"]),
                train_seconds=float(meta["train_seconds"]),
                images_per_second=float(meta["images_per_second"]),
                init_from=meta.get("init_from"),
@@ -190,7 +211,7 @@ class LossMonitor:
   `divergence_reference_steps` steps (an exploding loss stays finite for a while: 3e12).
   """
 
-  def __init__(self, run: "RunSetup", writer: MetricWriter, clock: Clock, loop: LoopState):
+  def __init__(self, run: RunSpec, writer: MetricWriter, clock: Clock, loop: LoopState):
     self.run, self.writer, self.clock, self.loop = run, writer, clock, loop
     self.pending: list[tuple[int, dict]] = []
 
@@ -218,20 +239,9 @@ class LossMonitor:
     self.pending.clear()
 
   def _check(self, step: int, loss: float) -> None:
-    training = self.run.config.training
-    loop = self.loop
-    if not np.isfinite(loss):
-      raise self._diverged(step, f"the loss became {loss}")
-    if (training.divergence_factor and loop.loss_reference_steps
-        and loss > training.divergence_factor * loop.loss_reference):
-      raise self._diverged(
-          step, f"the loss reached {loss:.4g}, {loss / loop.loss_reference:.3g} times its mean "
-          f"over the run's first {loop.loss_reference_steps} steps ({loop.loss_reference:.4g}; "
-          f"config.training.divergence_factor = {training.divergence_factor:g})")
-    if loop.loss_reference_steps < training.divergence_reference_steps:
-      n = loop.loss_reference_steps
-      loop.loss_reference = (loop.loss_reference * n + loss) / (n + 1)
-      loop.loss_reference_steps = n + 1
+    what = divergence(loss, self.loop, self.run.config.training)
+    if what:
+      raise self._diverged(step, what)
 
   def _diverged(self, step: int, what: str) -> errors.TrainingDiverged:
     kept = self.run.checkpoints.latest_step()
@@ -242,6 +252,23 @@ class LossMonitor:
         f"training diverged at step {step}: {what}. {where}. Lower "
         "config.optimizer.learning_rate (or try another loss) and start again in a new "
         "--workdir, or in this one with --overwrite.")
+
+
+def divergence(loss: float, loop: LoopState, training) -> str | None:
+  """What is wrong with one step's `loss`, or None; a loss of the run's first
+  `training.divergence_reference_steps` steps also joins the reference mean (in `loop`)."""
+  if not np.isfinite(loss):
+    return f"the loss became {loss}"
+  if (training.divergence_factor and loop.loss_reference_steps
+      and loss > training.divergence_factor * loop.loss_reference):
+    return (f"the loss reached {loss:.4g}, {loss / loop.loss_reference:.3g} times its mean "
+            f"over the run's first {loop.loss_reference_steps} steps ({loop.loss_reference:.4g}; "
+            f"config.training.divergence_factor = {training.divergence_factor:g})")
+  if loop.loss_reference_steps < training.divergence_reference_steps:
+    n = loop.loss_reference_steps
+    loop.loss_reference = (loop.loss_reference * n + loss) / (n + 1)
+    loop.loss_reference_steps = n + 1
+  return None
 
 
 class SaveTimer:
@@ -276,10 +303,10 @@ def progress_bar(total: int, initial: int = 0, desc: str = ""):
               disable=not parallel.is_main_process(), mininterval=1.0)
 
 
-def validate(run: "RunSetup", replicated, loop: LoopState, step: int, writer: MetricWriter,
+def validate(run: RunSpec, replicated, loop: LoopState, step: int, writer: MetricWriter,
              progress) -> None:
   """Validation JA at threshold 0.5 (the search comes after training); keeps the best."""
-  evaluation = evaluation_lib.evaluate(run.p_eval, replicated, run.validation, run.image_size,
+  evaluation = evaluation_lib.evaluate(run.steps.eval, replicated, run.validation, run.image_size,
                                        **run.eval_kwargs)
   val_ja = evaluation.ja_at(0)
   improved = loop.record_validation(val_ja, step, run.config.training.patience)
@@ -309,10 +336,11 @@ def dispatch_plan(start: int, total: int, steps_per_dispatch: int,
   return plan
 
 
-def _calls(run: "RunSetup", plan: list[tuple[int, int]]) -> Iterator[dict]:
+def _calls(run: RunSpec, plan: list[tuple[int, int]]) -> Iterator[dict]:
   """The batches of each call of `plan`, on the devices: one batch, or k stacked (axis 1)."""
   config = run.config
-  batches = pipeline.iterate_from(run.train_batches, run.start_step,
+  start_step = plan[0][0] - plan[0][1]
+  batches = pipeline.iterate_from(run.train_batches, start_step,
                                   num_threads=config.data.num_threads)
 
   def host_calls():
@@ -326,15 +354,16 @@ def _calls(run: "RunSetup", plan: list[tuple[int, int]]) -> Iterator[dict]:
   return parallel.prefetch_to_devices(host_calls(), run.devices)
 
 
-def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.StopRequest,
-               untimed_calls: int = 1) -> tuple[Any, int]:
-  """Trains from `run.start_step` to the end or an early stop; returns (state, last step).
+def train_loop(run: RunSpec, replicated, loop: LoopState, stop: preemption.StopRequest,
+               start_step: int, untimed_calls: int = 1) -> tuple[Any, int]:
+  """Trains from `start_step` (the state's step) to the end or an early stop; returns (state,
+  last step).
 
   Raises errors.TrainingDiverged when the loss diverges, and errors.RunStopped after saving the
   step it reached when SIGTERM or SIGINT arrives (`stop`). Images/s leave out the first
   `untimed_calls` calls (compilation; a benchmark's warm-up).
   """
-  step = run.start_step
+  step = start_step
   if loop.should_stop and step < run.total_steps:
     logging.info("The run stopped early at step %d (no better validation JA for %d "
                  "evaluations): nothing more to train", step, run.config.training.patience)
@@ -349,7 +378,7 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.St
   plan = dispatch_plan(step, run.total_steps, run.steps_per_dispatch,
                        (config.training.log_every_steps, run.eval_every,
                         config.checkpoint.every_steps))
-  p_train = run.p_train if run.steps_per_dispatch == 1 else run.p_train_steps
+  p_train = run.steps.train if run.steps_per_dispatch == 1 else run.steps.train_k
   try:
     for call, ((step, count), batch) in enumerate(zip(plan, _calls(run, plan)), start=1):
       replicated, step_metrics = p_train(replicated, batch)
@@ -385,7 +414,7 @@ def train_loop(run: "RunSetup", replicated, loop: LoopState, stop: preemption.St
   return replicated, step
 
 
-def _stopped(run: "RunSetup", step: int, signal_name: str | None) -> errors.RunStopped:
+def _stopped(run: RunSpec, step: int, signal_name: str | None) -> errors.RunStopped:
   path = os.path.join(run.workdir, "checkpoints", "latest", str(step))
   return errors.RunStopped(
       f"{signal_name or 'a signal'} received: training stopped after step {step} of "
@@ -393,7 +422,7 @@ def _stopped(run: "RunSetup", step: int, signal_name: str | None) -> errors.RunS
       step=step, signal_name=signal_name or "")
 
 
-def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int) -> None:
+def log_predictions(run: RunSpec, replicated, writer: MetricWriter, step: int) -> None:
   """TensorBoard: truth | probability panels of the first validation images."""
   count = min(run.config.training.tensorboard_images, len(run.validation))
   if not writer.enabled or count <= 0:
@@ -410,4 +439,4 @@ def log_predictions(run: "RunSetup", replicated, writer: MetricWriter, step: int
 
 
 __all__ = ["Clock", "LossMonitor", "LoopState", "MetricWriter", "NonFiniteLossError",
-           "SaveTimer", "dispatch_plan", "progress_bar", "train_loop", "validate"]
+           "SaveTimer", "dispatch_plan", "divergence", "progress_bar", "train_loop", "validate"]

@@ -136,7 +136,11 @@ def pmap_eval_step(step: Callable, devices: Sequence[jax.Device],
 
 
 def shard(array: np.ndarray, num_devices: int) -> np.ndarray:
-  """(global_batch, ...) -> (num_devices, global_batch // num_devices, ...)."""
+  """(global_batch, ...) -> (num_devices, global_batch // num_devices, ...).
+
+  Kept instead of flax.training.common_utils.shard, which splits over all local devices: a run
+  may use fewer (config.num_devices), and an uneven batch must fail with its sizes.
+  """
   if array.shape[0] % num_devices:
     raise ValueError(f"batch of {array.shape[0]} does not split over {num_devices} devices")
   return array.reshape((num_devices, array.shape[0] // num_devices) + array.shape[1:])

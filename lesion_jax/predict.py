@@ -360,12 +360,13 @@ def load_segmenter(workdir: str | None, model_path: str | None, batch_size: int 
 def _trained_segmenter(name: str, workdir: str | None, batch_size: int | None,
                        tta: str | None) -> JaxSegmenter:
   """The JAX segmenter of the shipped model `name` (lesion_jax.models.trained)."""
+  from lesion_jax import runs
   from lesion_jax.models import trained
 
   if workdir is not None:  # its threshold and size would silently override the run's
     raise PredictError(f"--model {name} is a trained model shipped with lesion_jax, with its own "
                        "threshold and input size: leave out --workdir")
-  return JaxSegmenter(trained.load(name).as_run(), batch_size, tta)
+  return JaxSegmenter(runs.from_trained(trained.load(name)), batch_size, tta)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lesion_jax import checkpoint as checkpoint_lib
-from lesion_jax import config as config_lib
+from lesion_jax import models as models_lib
 from lesion_jax.data import pipeline
 from lesion_jax.errors import MissingPathError
 
@@ -68,11 +68,20 @@ def _results(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def from_trained(trained) -> Run:
+  """A shipped model (`models.trained.TrainedModel`) as a `Run` without a workdir, for predict
+  and export. The name and checksum in meta let them say which model they ran."""
+  meta = {"step": trained.card["source"]["step"], "trained_model": trained.name,
+          "sha256": trained.card["sha256"], "source": trained.card["source"]}
+  return Run(workdir=None, config=trained.config, model=trained.model,
+             variables=trained.variables, meta=meta, results={"threshold": trained.threshold})
+
+
 def load_run(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` with its best checkpoint's variables (or those of `step`)."""
   workdir = os.path.expanduser(workdir)
   config = read_config(workdir)
-  model = config_lib.models_from_config(config)
+  model = models_lib.from_config(config)
   target = abstract_variables(model, config.data.image_size)
   weights = config.get("evaluation", {}).get("weights", "best")
   results = _results(workdir)

@@ -48,7 +48,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import ml_collections
 
 from lesion_jax import config as config_lib
-from lesion_jax import parallel, report
+from lesion_jax import parallel, report, spec
 from lesion_jax import workdir as workdir_lib
 from lesion_jax import errors
 from lesion_jax.errors import ConfigError, UnknownNameError
@@ -230,7 +230,7 @@ def sweep_runs(config: ml_collections.ConfigDict) -> list[SweepRun]:
       continue
     configs[identity] = name
     with _context(f"sweep run {name} ({overrides})"):
-      config_lib.validate(run_config)
+      spec.validate(run_config)
     runs.append(SweepRun(name=name, overrides=overrides, config=run_config))
   return runs
 
@@ -290,7 +290,7 @@ def _run_sweep_locked(runs: list[SweepRun], workdir: str, overwrite: bool) -> di
       continue
     logging.info("[%d/%d] %s: %s", i + 1, len(runs), run.name, run.overrides)
     try:
-      results_by_name[run.name] = train.train_and_evaluate(
+      results_by_name[run.name] = train.train_validated(
           run.config, os.path.join(workdir, run.name), overwrite=overwrite)
     except Exception as error:  # one bad run (NaN loss, out of memory) must not stop the rest
       logging.exception("sweep run %s failed", run.name)
@@ -348,7 +348,7 @@ def transfer_plan(config: ml_collections.ConfigDict, workdir: str) -> TransferPl
   finetune = copy.deepcopy(base)
   for name, run_config in (("exp1", exp1), ("pretrain", pretrain), ("finetune", finetune)):
     with _context(f"transfer experiment, {name} run"):
-      config_lib.validate(run_config)
+      spec.validate(run_config)
   return TransferPlan(
       exp1=exp1, exp1_workdir=settings.baseline_workdir or os.path.join(workdir, "exp1"),
       pretrain=pretrain,
@@ -366,13 +366,13 @@ def _train_or_reuse(config: ml_collections.ConfigDict, workdir: str, reuse: bool
       logging.info("%s: using the finished run in %s", what, workdir)
       return workdir_lib.read_results(workdir)
     logging.info("%s: %s has not finished; training it there", what, workdir)
-    return train.train_and_evaluate(config, workdir)
+    return train.train_validated(config, workdir)
   results = None if overwrite else finished_results(config, workdir)
   if results is not None:
     logging.info("%s: %s is finished; skipped", what, workdir)
     return results
   logging.info("%s: training in %s", what, workdir)
-  return train.train_and_evaluate(config, workdir, overwrite=overwrite)
+  return train.train_validated(config, workdir, overwrite=overwrite)
 
 
 def run_transfer(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
@@ -397,7 +397,7 @@ def _run_transfer_locked(config: ml_collections.ConfigDict, plan: TransferPlan, 
   pretrain = _train_or_reuse(plan.pretrain, plan.pretrain_workdir, reuse_pretrain, overwrite,
                              "Pretraining (Exp 2)")
   plan.finetune.init_from = plan.pretrain_workdir
-  config_lib.validate(plan.finetune)
+  config_lib.check_init_from(plan.finetune)  # the rest was checked with the plan
   finetune = _train_or_reuse(plan.finetune, plan.finetune_workdir, False, overwrite,
                              "Fine-tuning (Exp 2)")
   # Every process builds the report (it reads checkpoints and data: collectives); one writes.

@@ -10,7 +10,6 @@ each test database at it, results.json and the reports).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -25,7 +24,6 @@ from flax import struct
 from flax.training import train_state
 
 from lesion_jax import checkpoint as checkpoint_lib
-from lesion_jax import config as config_lib
 from lesion_jax import evaluation as evaluation_lib
 from lesion_jax import augment, inference
 from lesion_jax import losses as losses_lib
@@ -33,9 +31,11 @@ from lesion_jax import loop as loop_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import models as models_lib
 from lesion_jax import errors, optim, parallel, preemption, transfer
+from lesion_jax import spec as spec_lib
 from lesion_jax import workdir as workdir_lib
 from lesion_jax.data import loading, pipeline
 from lesion_jax.errors import ConfigError
+from lesion_jax.spec import RunSpec, StepFunctions
 
 NonFiniteLossError = loop_lib.NonFiniteLossError
 RUN_OUTPUTS = workdir_lib.RUN_OUTPUTS
@@ -212,44 +212,11 @@ def _pmapped_steps(loss_fn: Callable, augment_options: augment.AugmentOptions, t
   p_eval = p_eval_with("none")
   # Without TTA the final evaluation is validation's program: one compilation serves both.
   p_eval_final = p_eval if tta == "none" else p_eval_with(tta)
-  return p_train, p_train_steps, p_eval, p_eval_final
+  return StepFunctions(p_train, p_train_steps, p_eval, p_eval_final)
 
 
 # ----------------------------------------------------------------------------------------------
 # The run.
-
-@dataclasses.dataclass
-class RunSetup:
-  """Everything a run needs, built from its config before the first step."""
-  config: ml_collections.ConfigDict
-  workdir: str
-  devices: list
-  model: Any
-  image_size: tuple[int, int]  # (height, width) of the model's inputs
-  datasets: loading.Datasets
-  validation: Any  # the validation splits read as one source (decoded once when they fit)
-  train_batches: Any  # step-indexed grain dataset of uint8 batches
-  global_batch: int
-  steps_per_epoch: int
-  total_steps: int
-  eval_every: int  # steps
-  steps_per_dispatch: int
-  learning_rate: Callable[[int], Any]  # the SGDR schedule, jitted once, for logging
-  num_params: int
-  p_train: Callable  # one step per call
-  p_train_steps: Callable  # k steps per call (lax.scan), for steps_per_dispatch > 1
-  p_eval: Callable  # validation during training
-  p_eval_final: Callable  # the threshold search and the test metrics: config.evaluation.tta
-  checkpoints: checkpoint_lib.RunCheckpoints
-  state: TrainState  # fresh, initialised from elsewhere, or restored (host)
-  loop: loop_lib.LoopState
-  start_step: int
-
-  @property
-  def eval_kwargs(self) -> dict:
-    return dict(batch_size_per_device=self.config.batch_size_per_device,
-                num_devices=len(self.devices), num_threads=self.config.data.num_threads)
-
 
 def steps_per_dispatch(config: ml_collections.ConfigDict, platform: str) -> int:
   """config.training.steps_per_dispatch, or the backend's measured default when None."""
@@ -329,8 +296,7 @@ def _state_from_best(config, workdir: str, state: TrainState,
                   "%d, with a fresh optimiser state", workdir, step)
   init_from = (_source_record(config, checkpoint_lib.read_variables(
       config.init_from, config.init_step)[1]) if config.init_from else None)
-  return state, loop_lib.LoopState(best_val_ja=float(meta["val_ja"]), best_step=step,
-                                   init_from=init_from)
+  return state, loop_lib.LoopState.after_best(meta["val_ja"], step, init_from)
 
 
 def _schedule_at(opt_state: Any, step: int) -> Any:
@@ -359,19 +325,19 @@ def _training_data(config: ml_collections.ConfigDict, datasets: loading.Datasets
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
-              model=None) -> RunSetup:
-  """Model, data, optimiser, compiled steps and the (restored) state of a validated config.
+              model=None) -> tuple[RunSpec, TrainState, loop_lib.LoopState]:
+  """(the run's spec, its first state, its loop state) for a validated config: model, data,
+  optimiser and compiled steps, and the state restored, initialised from elsewhere or fresh.
 
   `model` replaces the one config.model describes (the benchmark times settings that are not
   config keys, e.g. a depthwise implementation).
   """
-  _, ignored = config_lib.model_kwargs(config)
+  _, ignored = models_lib.config_kwargs(config)
   for key in ignored if model is None else ():
     logging.warning("config.model.%s=%r is ignored: model %r does not take it", key,
                     config.model[key], config.model.name)
   # BatchNorm statistics over the global batch: the models' BN layers reduce over the pmap axis.
-  model = _canonical(model or config_lib.models_from_config(config,
-                                                            bn_axis_name=parallel.AXIS_NAME))
+  model = _canonical(model or models_lib.from_config(config, bn_axis_name=parallel.AXIS_NAME))
   size = pipeline.image_shape(config.data.image_size)
   datasets = loading.load_datasets(config)
   global_batch = config.batch_size_per_device * len(devices) * parallel.process_count()
@@ -384,7 +350,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
   state, loop = _initial_state(config, workdir, state, checkpoints)
   options = compiler_options(config, model, devices[0].platform)
-  p_train, p_train_steps, p_eval, p_eval_final = _pmapped_steps(
+  steps = _pmapped_steps(
       losses_lib.get_loss(config.loss), augment.AugmentOptions.from_config(config),
       config.evaluation.tta, tuple(devices), tuple(sorted(options.items())))
   validation, train_batches = _training_data(config, datasets, devices)
@@ -392,18 +358,17 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   logging.info("%s: %s parameters; %d steps per epoch of %d images; %d devices; %d steps",
                config.model.name, f"{num_params:,}", steps_per_epoch, global_batch,
                len(devices), total_steps)
-  return RunSetup(
-      config=config, workdir=workdir, devices=devices, model=model, image_size=size,
+  run = RunSpec(
+      config=config, workdir=workdir, devices=tuple(devices), model=model, image_size=size,
       datasets=datasets, validation=validation, train_batches=train_batches,
       global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
       eval_every=eval_every, steps_per_dispatch=steps_per_dispatch(config, devices[0].platform),
-      learning_rate=_jitted_schedule(schedule), num_params=num_params, p_train=p_train,
-      p_train_steps=p_train_steps, p_eval=p_eval, p_eval_final=p_eval_final,
-      checkpoints=checkpoints, state=state, loop=loop,
-      start_step=int(state.step))
+      learning_rate=_jitted_schedule(schedule), num_params=num_params, steps=steps,
+      checkpoints=checkpoints)
+  return run, state, loop
 
 
-def _final_variables(run: RunSetup, trained: TrainState, last_step: int) -> tuple[dict, int]:
+def _final_variables(run: RunSpec, trained: TrainState, last_step: int) -> tuple[dict, int]:
   """(variables, step) the final evaluation scores: the best checkpoint's, or with
   config.evaluation.weights 'ema' the weight average at the run's last step."""
   if run.config.evaluation.weights == "ema":
@@ -416,7 +381,7 @@ def _final_variables(run: RunSetup, trained: TrainState, last_step: int) -> tupl
   return best, int(meta["step"])
 
 
-def _final_evaluator(run: RunSetup, trained: TrainState, variables: dict):
+def _final_evaluator(run: RunSpec, trained: TrainState, variables: dict):
   """(the validation Evaluation, a function scoring a test split) of the final evaluation: on
   the devices, or on the host where masks are post-processed before they are counted."""
   postprocess = run.config.evaluation.postprocess
@@ -431,12 +396,12 @@ def _final_evaluator(run: RunSetup, trained: TrainState, variables: dict):
         run.devices)
 
     def evaluate_split(source):
-      return evaluation_lib.evaluate(run.p_eval_final, replicated, source, run.image_size,
+      return evaluation_lib.evaluate(run.steps.eval_final, replicated, source, run.image_size,
                                      **run.eval_kwargs)
   return evaluate_split(run.validation), evaluate_split
 
 
-def final_evaluation(run: RunSetup, replicated, loop: loop_lib.LoopState, last_step: int,
+def final_evaluation(run: RunSpec, replicated, loop: loop_lib.LoopState, last_step: int,
                      stop: preemption.StopRequest | None = None) -> dict:
   """Best checkpoint (or the weight average, config.evaluation.weights) -> threshold search on
   validation -> test metrics (masks post-processed with config.evaluation.postprocess) ->
@@ -486,7 +451,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        overwrite: bool = False) -> dict:
   """Runs (or resumes) one experiment in `workdir` and returns its results.json content."""
   # Everything that can be checked cheaply is checked before data, compilation or training.
-  config_lib.validate(config)
+  spec_lib.validate(config)
+  return train_validated(config, workdir, overwrite)
+
+
+def train_validated(config: ml_collections.ConfigDict, workdir: str,
+                    overwrite: bool = False) -> dict:
+  """`train_and_evaluate` of a config that `spec.validate` has checked: launch.py and sweeps
+  validate where a config enters, once."""
   devices = parallel.local_devices(config.num_devices)
   # Held to the end, and taken before config.json is read or written: a second launch into this
   # workdir is refused at once instead of training beside this one.
@@ -503,11 +475,13 @@ def _train_and_evaluate_locked(config: ml_collections.ConfigDict, workdir: str, 
   with workdir_lib.run_log(workdir), preemption.StopRequest() as stop:
     # The whole config goes to the log file only; config.json holds it as JSON.
     logging.info("Resolved config:\n%s", config, extra={"console": False})
-    run = setup_run(config, workdir, devices)
-    replicated = parallel.replicate(run.state, devices)
-    run.state = None  # the replicated copy is the live one (and is donated at every step)
-    replicated, last_step = loop_lib.train_loop(run, replicated, run.loop, stop)
-    results = final_evaluation(run, replicated, run.loop, last_step, stop)
+    run, state, loop = setup_run(config, workdir, devices)
+    start_step = int(state.step)
+    # The replicated copy is the live one (and is donated at every step).
+    replicated = parallel.replicate(state, devices)
+    del state
+    replicated, last_step = loop_lib.train_loop(run, replicated, loop, stop, start_step)
+    results = final_evaluation(run, replicated, loop, last_step, stop)
   parallel.sync_hosts("run-finished")
   return results
 
@@ -539,5 +513,6 @@ def _source_record(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -
           "val_ja": meta.get("val_ja")}
 
 
-__all__ = ["NonFiniteLossError", "RUN_OUTPUTS", "RunSetup", "TrainState", "create_train_state",
-           "eval_step", "final_evaluation", "setup_run", "train_and_evaluate", "train_step"]
+__all__ = ["NonFiniteLossError", "RUN_OUTPUTS", "RunSpec", "TrainState", "create_train_state",
+           "eval_step", "final_evaluation", "setup_run", "train_and_evaluate", "train_step",
+           "train_validated"]

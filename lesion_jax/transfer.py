@@ -7,8 +7,8 @@ best parameters and BatchNorm statistics, with a fresh optimiser and schedule.
 
 `config.dont_load` lists regular expressions of variable paths (e.g. `params/.*/logits/.*`) that
 start from their fresh initialisation instead; `config.frozen` lists those whose parameters must
-not change (their updates are zeroed through an optax mask). Paths join the nested keys with '/',
-starting with the collection: `params/encoder/Conv1/kernel`, `batch_stats/...`.
+not change (optax.partition gives them zero updates and no optimiser state). Paths join the nested
+keys with '/', starting with the collection: `params/encoder/Conv1/kernel`, `batch_stats/...`.
 
 Pretrained weights from outside this codebase (the paper's "PreT" column) come in through
 `config.model.init_from = "KIND:PATH"`: `keras_mobilenet_v2:<file.h5>` (Keras ImageNet weights into
@@ -123,22 +123,32 @@ def merge_variables(fresh: Mapping[str, Any], loaded: Mapping[str, Any],
   return unflatten(merged)
 
 
-def frozen_mask(params: Mapping[str, Any], patterns: Iterable[str]) -> Any:
-  """A pytree of bools over `params`: True where the path 'params/...' matches a pattern."""
-  is_frozen = _matcher(patterns, "frozen")
-  flat = {path: is_frozen("params/" + path) for path in flatten(params)}
-  return unflatten(flat)
-
-
 def freeze(tx: optax.GradientTransformation,
            patterns: Iterable[str]) -> optax.GradientTransformation:
-  """`tx` whose updates are zero for the parameters matching `patterns`."""
+  """`tx` on the parameters that do not match `patterns`; the others get zero updates.
+
+  optax.partition (formerly optax.multi_transform) runs `tx` on the trained parameters only, so
+  the frozen ones hold no Adam moments: a frozen encoder costs no optimiser memory. It wraps
+  `optim.adam(..., flatten=True)` as well, the flat vector then joining only the trained ones.
+  """
   patterns = tuple(patterns)
   if not patterns:
+    # `tx` itself: runs without freezing keep their optimiser state layout, their checkpoints
+    # and their compiled steps.
     return tx
-  _matcher(patterns, "frozen")  # fail early on a bad pattern
-  return optax.chain(tx, optax.masked(optax.set_to_zero(),
-                                      lambda params: frozen_mask(params, patterns)))
+  is_frozen = _matcher(patterns, "frozen")  # fail early on a bad pattern
+
+  def labels(params):
+    flat = {path: "frozen" if is_frozen("params/" + path) else "trained"
+            for path in flatten(params)}
+    if flat and "trained" not in flat.values():
+      # A run that trains nothing is a mistake; with config.optimizer.flatten optax.flatten would
+      # also fail on the empty vector, with an error that names neither setting.
+      raise ConfigError(f"config.frozen={list(patterns)} matches every parameter: nothing would "
+                        "train (and config.optimizer.flatten cannot flatten no parameters)")
+    return unflatten(flat)
+
+  return optax.partition({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def check_patterns_match(variables: Mapping[str, Any], patterns: Iterable[str],

@@ -17,6 +17,33 @@ import pytest
 from lesion_jax.config import base_config
 
 REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
+# The session's trained runs: a test that uses one (itself or through another fixture) trains
+# when it runs alone, so it is marked slow like the tests that train or start a process.
+TRAINED_RUN_FIXTURES = {"tiny_run", "averaged_run", "averaged_run_levers"}
+
+
+# The files that take longest (pytest --durations, 2 workers on 2 cores), longest first. xdist
+# (`make test`: --dist loadfile) hands whole files to the workers in collection order, so these
+# start first and the short files fill in at the end, instead of a long file starting last.
+LONGEST_FILES = ("test_preemption.py", "test_faults.py", "test_models.py", "test_train.py",
+                 "test_transfer.py", "test_trained.py", "test_isic2017_config.py",
+                 "test_benchmark.py", "test_parallel.py", "test_real_data_training.py",
+                 "test_config.py", "test_pretrained.py", "test_builders_real_data.py",
+                 "test_multihost.py", "test_sweep.py", "test_levers.py", "test_augment.py")
+
+
+def pytest_configure(config):
+  # xdist's own order (files with more tests first) would start a long file of few tests last.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if TRAINED_RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.slow)
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 def load_config_module(*parts: str):
@@ -67,6 +94,48 @@ def tiny_config(data_dir: str, **changes):
     for part in parents:
       node = node[part]
     node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_dir, tmp_path_factory):
+  """(workdir, results) of one finished run of `tiny_config(data_dir)` itself, trained once per
+  worker for the tests that read some finished run (outputs, predict, export, resume, faults).
+  A test that changes a run works on a copy (shutil.copytree)."""
+  from lesion_jax import train
+
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  return workdir, train.train_and_evaluate(tiny_config(data_dir), workdir)
+
+
+# The settings that reach the compiled train and eval steps, or the number of steps the schedule
+# is built for: runs that share them with tiny_config share its compilations.
+STEP_KEYS = ("model", "loss", "optimizer", "batch_size_per_device", "training.num_epochs",
+             "training.ema_decay", "data.image_size", "data.flip", "data.rotate",
+             "data.augment", "data.synthetic", "data.num_threads", "evaluation.tta", "frozen")
+
+
+def with_tiny_steps(config, data_dir: str):
+  """`config` (a paper or recipe config) with tiny_config's compiled steps and data sizes, for
+  tests of what happens around the runs (sweeps, transfer chains, reports): its runs reuse the
+  tiny runs' compilations instead of compiling their own."""
+  tiny = tiny_config(data_dir)
+  config.data.data_dir = data_dir
+  config.data.stored_size = None
+  config.training.log_every_steps = tiny.training.log_every_steps
+  config.training.tensorboard_images = tiny.training.tensorboard_images
+  config.report.num_overlays = tiny.report.num_overlays
+  for key in STEP_KEYS:
+    *parents, leaf = key.split(".")
+    source, target = tiny, config
+    for part in parents:
+      source, target = source[part], target[part]
+    value = source[leaf]
+    if hasattr(value, "to_dict"):
+      for name, item in value.items():
+        target[leaf][name] = item
+    else:
+      target[leaf] = value
   return config
 
 

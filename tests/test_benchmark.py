@@ -192,7 +192,6 @@ def test_benchmark_writes_json_and_markdown_with_every_field(data_dir, tmp_path,
     benchmark.run_benchmark(config, workdir)
 
 
-@pytest.mark.slow
 def test_batch_that_does_not_fit_is_reported_not_raised(data_dir, tmp_path, monkeypatch):
   use_conv_net(monkeypatch)
   # A device with 64 KiB: XLA's plan for the step is larger, so nothing runs.

@@ -2,11 +2,12 @@
 
 PH2 is built twice: from the shared flattened copy in place, and from its official release
 layout rebuilt in a temporary folder (BMPs from the real images, the real PH2_dataset.xlsx); the
-two must agree. ISIC reads the real ISIC 2017 training and validation zips in place. All build
-full datasets, so they are slow.
+two must agree. ISIC reads the real ISIC 2017 training and validation zips in place. A run then
+trains on the two built datasets, mixed (the paper's set D stand-in).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import zipfile
@@ -19,7 +20,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import fixtures_archives as fx
+from lesion_jax import train
 from lesion_jax.data.builders import isic, ph2
+from tests.conftest import tiny_config
 
 REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
 REAL_DATA = os.environ.get(REAL_DATA_ENV)
@@ -27,7 +30,7 @@ if not REAL_DATA:
   pytest.skip(f"{REAL_DATA_ENV} is unset: point it at a folder holding ph2/ and isic2017/ "
               "(e.g. LESION_JAX_REAL_DATA=../shared/data)", allow_module_level=True)
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_data]
+pytestmark = pytest.mark.real_data
 SPLITS = ("train", "validation", "test")
 
 
@@ -59,11 +62,24 @@ def write_ph2_release(real_ph2: Path, root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ph2_release_build(tmp_path_factory):
+def built_root(tmp_path_factory) -> Path:
+  """Where this module's builds go: `data/` (their tfds data dir) and PH2's release `manual/`."""
+  return tmp_path_factory.mktemp("real_builds")
+
+
+@pytest.fixture(scope="module")
+def ph2_release_build(built_root):
   """The builder prepared from the release layout rebuilt from the shared copy (built once)."""
-  root = tmp_path_factory.mktemp("ph2_release")
-  write_ph2_release(Path(REAL_DATA) / "ph2", root / "manual")
-  return fx.build(ph2.Ph2, root / "manual", root / "data")
+  write_ph2_release(Path(REAL_DATA) / "ph2", built_root / "manual")
+  return fx.build(ph2.Ph2, built_root / "manual", built_root / "data")
+
+
+@pytest.fixture(scope="module")
+def isic_build(built_root):
+  """(builder, log) of ISIC from the real 2017 zips, read in place, never copied (built once)."""
+  with fx.captured_logs() as logs:
+    builder = fx.build(isic.Isic, Path(REAL_DATA) / "isic2017", built_root / "data")
+  return builder, logs
 
 
 def split_of(builder) -> dict[str, str]:
@@ -112,14 +128,13 @@ def test_ph2_flattened_copy_builds_in_place_with_the_release_split(ph2_release_b
     assert example["label"] == released[image_id]["label"]
 
 
-def test_isic_builds_from_the_real_2017_training_and_validation_zips(tmp_path):
+def test_isic_builds_from_the_real_2017_training_and_validation_zips(isic_build):
   manual = Path(REAL_DATA) / "isic2017"
   ids = set()
   for name in ("ISIC-2017_Training_Data.zip", "ISIC-2017_Validation_Data.zip"):
     with zipfile.ZipFile(manual / name) as z:
       ids |= {Path(n).stem for n in z.namelist() if n.endswith(".jpg")}
-  with fx.captured_logs() as logs:
-    builder = fx.build(isic.Isic, manual, tmp_path / "data")  # read in place, never copied
+  builder, logs = isic_build
   labels = labels_by_split(builder)
   pool = len(labels["train"]) + len(labels["validation"])
   assert pool == len(ids) == 2150  # 2000 training + 150 validation, no shared ids
@@ -130,3 +145,25 @@ def test_isic_builds_from_the_real_2017_training_and_validation_zips(tmp_path):
   for missing in ("ISBI2016_ISIC_Part1_Training_Data.zip", "ISIC2018_Task1-2_Training_Input.zip",
                   "ISIC-2017_Test_v2_Data.zip", "ISIC-2017_Test_v2_Part1_GroundTruth.zip"):
     assert missing in log
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_the_isic_ph2_mixture(ph2_release_build, isic_build, built_root,
+                                              tmp_path, caplog):
+  """On the datasets built above (not built again). The run has the tiny runs' model and sizes,
+  and SGDR cycles of 7 steps over 14 steps as theirs (cycle_epochs = 7 of the mixture's 519
+  steps an epoch): its steps are their compiled ones."""
+  config = tiny_config(str(built_root / "data"), **{
+      "data.train": ("isic", "ph2"), "data.test": ("ph2",), "training.max_steps": 14,
+      "optimizer.cycle_epochs": 7 / 519})
+  config.data.manual_dirs.isic = os.path.join(REAL_DATA, "isic2017")
+  config.data.manual_dirs.ph2 = str(built_root / "manual")
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  # Both databases feed the mixture: 1935 + 144 training images, 519 steps of 4 an epoch.
+  assert "train: isic, 1935 images" in caplog.text
+  assert "train: ph2, 144 images" in caplog.text
+  assert "519 steps per epoch of 4 images" in caplog.text
+  assert results["test"]["ph2"]["n_images"] == 40
+  assert results["validation"]["n_images"] == 215 + 16
+  assert results["training"]["steps"] == 14

@@ -6,6 +6,8 @@ import sys
 import pytest
 
 from lesion_jax import config as config_lib
+from lesion_jax import spec
+from lesion_jax import models as models_lib
 from lesion_jax import train
 from tests.conftest import tiny_config
 
@@ -29,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_validate_names_the_bad_value(key, value, message, tmp_path):
   config = tiny_config(str(tmp_path), **{key: value})
   with pytest.raises((ValueError, KeyError), match=message):
-    config_lib.validate(config)
+    spec.validate(config)
   # The same error comes from a run, before the workdir is even created.
   workdir = tmp_path / "run"
   with pytest.raises((ValueError, KeyError), match=message):
@@ -61,7 +63,7 @@ def test_model_options_the_model_does_not_take_are_reported():
   config = config_lib.base_config()
   config.model.name = "unet"
   config.model.ifc = 16
-  kwargs, ignored = config_lib.model_kwargs(config)
+  kwargs, ignored = models_lib.config_kwargs(config)
   assert kwargs["ifc"] == 16 and "alpha" in ignored and "output_stride" in ignored
 
 
@@ -104,8 +106,8 @@ def _parse_with_launch_flags(args):
 def test_every_registry_name_is_reachable_by_override(name, extra, params):
   from lesion_jax import models
   config = _parse_with_launch_flags([f"--config.model.name={name}"] + extra)
-  config_lib.validate(config)
-  model = config_lib.models_from_config(config)
+  spec.validate(config)
+  model = models_lib.from_config(config)
   assert models.count_params(model) == params
 
 
@@ -174,10 +176,34 @@ def test_launch_prints_bad_input_without_a_traceback(tmp_path):
 def test_gpu_command_buffers_are_compile_options_on_the_gpu_only(tmp_path):
   from lesion_jax import models
   config = tiny_config(str(tmp_path), xla_gpu_command_buffer="FUSION,CUBLAS")
-  config_lib.validate(config)
+  spec.validate(config)
   model = models.create_model("unet", ifc=16)
   assert train.compiler_options(config, model, "gpu") == {
       "xla_gpu_enable_command_buffer": "FUSION,CUBLAS", "xla_gpu_graph_min_graph_size": 1}
   assert "xla_gpu_enable_command_buffer" not in train.compiler_options(config, model, "cpu")
   config.xla_gpu_command_buffer = ""  # off
   assert train.compiler_options(config, model, "gpu") == {"xla_gpu_enable_command_buffer": ""}
+
+
+class _Reached(Exception):
+  """Raised where training would start: what comes before it is the path under test."""
+
+
+def test_a_launch_validates_its_config_once(tmp_path, monkeypatch):
+  from lesion_jax import experiment
+  calls = []
+  real_validate = spec.validate
+  monkeypatch.setattr(spec, "validate", lambda config: calls.append(1) or real_validate(config))
+
+  def setup_run(*args, **kwargs):
+    raise _Reached
+
+  monkeypatch.setattr(train, "setup_run", setup_run)
+  with pytest.raises(_Reached):
+    experiment.run(tiny_config(str(tmp_path)), str(tmp_path / "run"))
+  assert len(calls) == 1
+  # A library caller of train_and_evaluate gets the same single check.
+  calls.clear()
+  with pytest.raises(_Reached):
+    train.train_and_evaluate(tiny_config(str(tmp_path)), str(tmp_path / "run2"))
+  assert len(calls) == 1

@@ -1,4 +1,5 @@
-"""DepthwiseConv2D: the shifted multiply-add form equals XLA's grouped convolution (TF 'SAME')."""
+"""Depthwise convolution: the shifted multiply-add form equals XLA's grouped convolution (TF
+'SAME'), and a depthwise nn.Conv computes with the form the kernels choose."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,8 @@ from jax import lax
 
 from lesion_jax.models import create_model
 from lesion_jax.models.kernels import (KernelOptions, depthwise_conv_plain,
-                                       depthwise_conv_shifted)
-from lesion_jax.models.layers import DepthwiseConv2D, fixed_padding
+                                       depthwise_conv_shifted, intercept)
+from lesion_jax.models.layers import fixed_padding
 
 CHANNELS = 5
 
@@ -65,7 +66,7 @@ def test_shifted_matches_grouped_conv_forward_and_gradients(stride, dilation, si
 
 
 def test_tf_same_padding_puts_the_extra_pixel_after():
-  # DepthwiseConv2D pads 'SAME' by lax.padtype_to_pads, given the dilated kernel's extent.
+  # The depthwise kernels pad 'SAME' by lax.padtype_to_pads, given the dilated kernel's extent.
   same = lambda size, kernel, stride: tuple(  # noqa: E731
       lax.padtype_to_pads((size,), (kernel,), (stride,), "SAME")[0])
   assert same(8, 3, 2) == (0, 1)   # stride 2 on an even size: 0 before, 1 after
@@ -89,20 +90,35 @@ def test_stride_two_on_even_input_against_numpy():
                              atol=1e-5)
 
 
+def depthwise_conv(channels=CHANNELS, **options):
+  """The depthwise nn.Conv of the models (layers.ConvBN with depthwise=True)."""
+  return nn.Conv(channels, (3, 3), feature_group_count=channels, use_bias=False, **options)
+
+
+def with_kernels(options, fn):
+  """`fn` called under kernels.intercept(options), also while jax traces it."""
+  def call(*args):
+    with intercept(options):
+      return fn(*args)
+  return call
+
+
 @pytest.mark.parametrize("implementation", ["shifted", "xla", "auto"])
-def test_module_has_grouped_conv_layout_and_matches_nn_conv(implementation):
+def test_depthwise_nn_conv_takes_the_chosen_form_with_its_own_parameters(implementation):
   x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 8, CHANNELS)), jnp.float32)
   kernels = (KernelOptions.for_backend(jax.default_backend()) if implementation == "auto"
              else KernelOptions(depthwise=implementation))
-  layer = DepthwiseConv2D(CHANNELS, kernel_size=3, strides=2, kernels=kernels)
-  reference = nn.Conv(CHANNELS, (3, 3), strides=2, padding="SAME",
-                      feature_group_count=CHANNELS, use_bias=False)
+  layer = depthwise_conv(strides=2)
   params = layer.init(jax.random.key(2), x)
-  reference_params = reference.init(jax.random.key(2), x)
-  assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
-      jnp.shape, reference_params)
+  # The same variables and initial values as flax's; the kernel has the grouped layout.
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
+                                   with_kernels(kernels, layer.init)(jax.random.key(2), x)))
   assert params["params"]["kernel"].shape == (3, 3, 1, CHANNELS)
-  np.testing.assert_allclose(layer.apply(params, x), reference.apply(params, x), atol=1e-5)
+  injected = with_kernels(kernels, layer.apply)
+  # The chosen form, not flax's own call: the shifted form has no convolution at all.
+  program = str(jax.make_jaxpr(injected)(params, x))
+  assert ("conv_general_dilated" in program) == (kernels.depthwise == "xla")
+  np.testing.assert_allclose(injected(params, x), layer.apply(params, x), atol=1e-5)
 
 
 @pytest.mark.parametrize("backend, expected",
@@ -113,9 +129,9 @@ def test_auto_picks_the_measured_faster_form_per_backend(monkeypatch, backend, e
   # create_model chooses for JAX's backend; 'auto' keeps that choice, explicit names are kept.
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   model = create_model("deeplab_mobilenetv2", alpha=0.35)
-  assert model.kernels.depthwise == model.encoder.kernels.depthwise == expected
+  assert model.kernels.depthwise == expected
   assert create_model("deeplab_mobilenetv2", alpha=0.35,
-                      depthwise_implementation="xla").encoder.kernels.depthwise == "xla"
+                      depthwise_implementation="xla").kernels.depthwise == "xla"
 
 
 def test_unknown_depthwise_implementation_lists_the_valid_names():
@@ -125,15 +141,21 @@ def test_unknown_depthwise_implementation_lists_the_valid_names():
     create_model("deeplab_mobilenetv2", depthwise_implementation="cudnn")
 
 
-def test_channel_mismatch_is_rejected():
-  with pytest.raises(ValueError, match="built for 4 channels but the input has 5"):
-    DepthwiseConv2D(4).init(jax.random.key(0), jnp.ones((1, 4, 4, 5)))
+def test_grouped_convolutions_that_are_not_depthwise_stay_flax():
+  # Two groups of two channels: not a form the kernels cover, so flax computes it.
+  x = jnp.ones((1, 6, 6, 4))
+  layer = nn.Conv(4, (3, 3), feature_group_count=2)
+  params = layer.init(jax.random.key(0), x)
+  shifted = KernelOptions(depthwise="shifted")
+  assert (str(jax.make_jaxpr(with_kernels(shifted, layer.apply))(params, x))
+          == str(jax.make_jaxpr(layer.apply)(params, x)))
 
 
 def test_bfloat16_compute_keeps_float32_kernel():
-  layer = DepthwiseConv2D(dilation=2, dtype=jnp.bfloat16)
+  layer = depthwise_conv(kernel_dilation=2, dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, CHANNELS))
-  variables = layer.init(jax.random.key(0), x)
-  y = layer.apply(variables, x)
+  shifted = KernelOptions(depthwise="shifted")
+  variables = with_kernels(shifted, layer.init)(jax.random.key(0), x)
+  y = with_kernels(shifted, layer.apply)(variables, x)
   assert variables["params"]["kernel"].dtype == jnp.float32
   assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y)))

@@ -15,16 +15,8 @@ import pytest
 from PIL import Image
 
 from lesion_jax import data as data_lib
-from lesion_jax import export, predict, runs, train
+from lesion_jax import export, predict, runs
 from lesion_jax.data import pipeline
-from tests.conftest import tiny_config
-
-pytestmark = pytest.mark.slow
-
-# The run of tests/test_predict.py, trained in the same place (so only once per session): two
-# epochs at a high learning rate, with BN statistics that follow them, give probabilities
-# spread around a chosen threshold above 0.5 and masks that hold both classes.
-RUN_CHANGES = {}  # tiny_config's own settings (2 epochs, lr 1e-2, BN momentum 0.8)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +26,11 @@ def tensorflow():
 
 
 @pytest.fixture(scope="module")
-def trained_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.getbasetemp() / "deploy_run")
-  train.train_and_evaluate(tiny_config(data_dir, **RUN_CHANGES), workdir)
-  return runs.load_run(workdir)
+def trained_run(tiny_run):
+  """The session's tiny run (tests/conftest.py): two epochs at a high learning rate, with BN
+  statistics that follow them, give probabilities spread around a chosen threshold above 0.5
+  and masks that hold both classes."""
+  return runs.load_run(tiny_run[0])
 
 
 @pytest.fixture(scope="module")

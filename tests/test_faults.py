@@ -1,8 +1,7 @@
 """Faults a user meets: damaged checkpoints, a workdir in use, a full disk, a run made longer.
 
-The resume tests start from copies of one tiny finished run without its results.json (a run
-killed after its last checkpoint), so each restores, trains at most 7 steps and evaluates
-(marked slow: they train).
+The resume tests start from copies of the session's tiny finished run without its results.json
+(a run killed after its last checkpoint), so each restores, trains at most 7 steps and evaluates.
 """
 import errno
 import glob
@@ -13,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -24,15 +24,14 @@ from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # orbax's "Event loop is closed" reports after a failed read must not reach the user either.
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """A finished tiny run: 14 steps, latest checkpoints at steps 7 and 14."""
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  results = train.train_and_evaluate(tiny_config(data_dir), workdir)
+def trained(tiny_run):
+  """The session's finished tiny run: 14 steps, latest checkpoints at steps 7 and 14 (only
+  copies of it are changed here)."""
+  workdir, results = tiny_run
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["14", "7"]
   return workdir, results
 
@@ -244,37 +243,55 @@ def _holder_pid(workdir: str) -> int | None:
     return None
 
 
-def _wait_for_holder(process: subprocess.Popen, workdir: str) -> None:
-  deadline = time.time() + 240
-  while _holder_pid(workdir) != process.pid:
-    if process.poll() is not None or time.time() > deadline:
-      raise AssertionError("the first run never locked its workdir:\n"
-                           + process.communicate()[1][-3000:])
-    time.sleep(0.05)
+@pytest.mark.slow
+def test_a_second_launch_into_a_workdir_in_use_is_refused_at_once(data_dir, tmp_path,
+                                                                  monkeypatch):
+  """A run trains in this process (a thread), held at its first validation until `launch.py`,
+  started into the same workdir, has been refused; then it finishes as if alone."""
+  from lesion_jax import loop as loop_lib
+  workdir = str(tmp_path / "run")
+  config_file = _config_file(tmp_path, data_dir, epochs=2)
+  in_validation, go_on = threading.Event(), threading.Event()
+  real_validate = loop_lib.validate
 
+  def held_validate(*args, **kwargs):
+    in_validation.set()
+    assert go_on.wait(timeout=300), "the second launch never ended"
+    return real_validate(*args, **kwargs)
 
-def test_a_second_launch_into_a_workdir_in_use_is_refused_at_once(data_dir, tmp_path):
-  workdir, config = str(tmp_path / "run"), _config_file(tmp_path, data_dir, epochs=4)
-  first = subprocess.Popen([sys.executable, "launch.py", "--config", config, "--workdir",
-                            workdir], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+  monkeypatch.setattr(loop_lib, "validate", held_validate)
+  outcome = {}
+
+  def first_run():
+    try:
+      outcome["results"] = train.train_and_evaluate(tiny_config(data_dir), workdir)
+    except BaseException as error:  # reported by the main thread
+      outcome["error"] = error
+      in_validation.set()
+
+  first = threading.Thread(target=first_run)
+  first.start()
   try:
-    _wait_for_holder(first, workdir)
+    assert in_validation.wait(timeout=300) and "error" not in outcome, outcome.get("error")
+    assert _holder_pid(workdir) == os.getpid()
+    before = sorted(os.listdir(workdir))
     # Another seed too: the lock is checked before the stored config is read.
-    second = subprocess.run([sys.executable, "launch.py", "--config", config, "--workdir",
+    second = subprocess.run([sys.executable, "launch.py", "--config", config_file, "--workdir",
                              workdir, "--config.seed=1"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
-    _, first_err = first.communicate(timeout=400)
+    assert sorted(os.listdir(workdir)) == before  # the refused launch wrote nothing there
   finally:
-    if first.poll() is None:
-      first.kill()
+    go_on.set()
+    first.join(timeout=300)
   lines = (second.stdout + second.stderr).strip().splitlines()
   assert second.returncode == errors.EXIT_BAD_INPUT, second.stderr[-3000:]
   assert len(lines) <= 6 and "Traceback" not in second.stderr
   (error,) = [line for line in lines if line.startswith("error:")]
-  assert f"is in use by another run (pid {first.pid} on host " in error
-  assert first.returncode == 0, first_err[-3000:]
+  assert f"is in use by another run (pid {os.getpid()} on host " in error
+  assert "error" not in outcome, outcome.get("error")
+  assert outcome["results"]["training"]["steps"] == 14
   _assert_each_step_logged_once(workdir)
+  assert _holder_pid(workdir) is None  # released at the end
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_a_rerun(tmp_path):
@@ -308,6 +325,7 @@ def test_locks_nest_within_a_process(tmp_path):
   assert _holder_pid(sweep) is None
 
 
+@pytest.mark.slow
 def test_in_a_multi_host_run_process_0_alone_holds_the_lock(tmp_path):
   """Both processes get in (process 0 holds the lock), or both are refused."""
   import socket

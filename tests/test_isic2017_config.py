@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from lesion_jax import config as config_lib
+from lesion_jax import spec
 from lesion_jax import optim
 from lesion_jax import train
 from tests.conftest import load_config_module, tiny_config
@@ -21,7 +21,7 @@ def test_every_variant_validates_and_the_docstring_holds_the_commands():
     suffix = f":{variant}" if variant else ""
     assert f"python launch.py --config configs/isic2017.py{suffix} --workdir" in module.__doc__
   for arg in (None, "dev", "runlocal", "dev,paper", "dev,cpu", "dev,paper,cpu", "paper"):
-    config_lib.validate(module.get_config(arg))
+    spec.validate(module.get_config(arg))
   with pytest.raises(ValueError, match="unknown or repeated variant"):
     module.get_config("dev,runlocal")
   with pytest.raises(ValueError, match="unknown or repeated variant"):

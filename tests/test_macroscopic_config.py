@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lesion_jax import config as config_lib
+from lesion_jax import spec
 from lesion_jax import report, train
-from tests.conftest import load_config_module
+from tests.conftest import load_config_module, with_tiny_steps
 
 
 def load():
@@ -19,12 +19,12 @@ def test_every_variant_validates_and_the_docstring_holds_the_commands(tmp_path):
     assert f"python launch.py --config configs/macroscopic.py:{variant} --workdir" in (
         module.__doc__)
   for arg in ("scratch", "exp1", "scratch,color", "scratch,runlocal", "exp1,runlocal"):
-    config_lib.validate(module.get_config(arg))
+    spec.validate(module.get_config(arg))
   for arg in ("exp2", "exp2,color", "exp2,runlocal"):
     config = module.get_config(arg)
     assert config.init_from in (module.EXP1_WORKDIR, module.EXP1_LOCAL_WORKDIR)
     config.init_from = str(tmp_path)  # validate checks that the Exp 1 run exists
-    config_lib.validate(config)
+    spec.validate(config)
   for bad in ("", "exp3", "exp1,exp2", "scratch,blue"):
     with pytest.raises(ValueError, match="expected one variant"):
       module.get_config(bad)
@@ -51,14 +51,9 @@ def test_exp1_is_the_isic_recipe_tested_on_waterloo_and_exp2_fine_tunes_on_it():
 
 
 def _tiny(config, data_dir):
-  config.data.data_dir = data_dir
-  config.data.synthetic.num_images = 40
-  config.data.synthetic.image_size = 48
-  config.data.image_size = 32
-  config.data.num_threads = 1
-  config.training.num_epochs = 1
-  config.report.num_overlays = 1
-  return config
+  """A runlocal variant's datasets, chain and evaluation (Exp 1's mask clean-up included) with
+  the tiny runs' model, loss, optimiser and sizes: the three runs reuse their compilations."""
+  return with_tiny_steps(config, data_dir)
 
 
 @pytest.mark.slow

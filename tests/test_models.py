@@ -16,6 +16,7 @@ import pytest
 
 from lesion_jax.models import (MODELS, check_input_size, count_params, create_model,
                                model_names)
+from lesion_jax.models import kernels as kernels_lib
 from lesion_jax.models.__main__ import format_millions, paper_settings, table
 from lesion_jax.models.encoders import ENCODERS, create_encoder
 from lesion_jax.models.kernels import KernelOptions
@@ -72,6 +73,20 @@ def numpy_variables(model, shape, seed=0):
     return jnp.asarray(value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+
+
+def intercepted(options, fn):
+  """`fn` called under kernels.intercept(options), also while jax traces it."""
+  def call(*args, **kwargs):
+    with kernels_lib.intercept(options):
+      return fn(*args, **kwargs)
+  return call
+
+
+def assert_replaced(injected, plain, *args):
+  """The injected call traces to another program than flax's own: a kernel took the layer."""
+  programs = [str(jax.make_jaxpr(f)(*args)) for f in (injected, plain)]
+  assert programs[0] != programs[1]
 
 
 def test_registry_lists_every_architecture():
@@ -160,7 +175,7 @@ def test_bfloat16_compute_keeps_float32_params_and_finite_output(name):
   options = {"alpha": 0.35} if name == "deeplab_mobilenetv2" else {}
   model = create_model(name, dtype=jnp.bfloat16, **options)
   if name == "deeplab_mobilenetv2":  # the CPU default 'shifted' path, in bfloat16
-    assert model.encoder.kernels == KernelOptions.for_backend(jax.default_backend())
+    assert model.kernels == KernelOptions.for_backend(jax.default_backend())
   if name == "unet":
     model = model.clone(ifc=4)
   shape = (1, HEIGHT, WIDTH, 3)
@@ -261,6 +276,47 @@ def test_max_pool_2x2_matches_flax_max_pool_in_values_and_gradients_after_relu()
     max_pool_2x2(z[:, :5])
 
 
+def test_the_kernels_attach_to_the_model_and_leave_its_variables_alone():
+  from lesion_jax.models import DeepLab, UNet
+  model = create_model("unet", ifc=16, batch_norm=True)
+  # Still a UNet with the same fields, plus the kernels it computes with.
+  assert isinstance(model, UNet) and type(model).__name__ == "UNet"
+  assert model.kernels == KernelOptions.for_backend(jax.default_backend())
+  assert model.clone(ifc=32).kernels == model.kernels and model == model.clone()
+  plain = KernelOptions()
+  assert model.clone(kernels=plain).kernels == plain
+  assert create_model("unet", ifc=16, batch_norm=True, kernels=plain) == model.clone(kernels=plain)
+  assert kernels_lib.attach(model, plain) == model.clone(kernels=plain)
+  assert isinstance(create_model("deeplab_mobilenetv2"), DeepLab)
+  # The module built directly computes as flax does: the same variables, and the same numbers
+  # as the CPU's kernels (dropout off: its masks differ by design).
+  model = create_model("att_unet", batch_norm=True, dropout_rate=0.0,
+                       kernels=KernelOptions.for_backend("cpu")).clone(ifc=2)
+  direct = UNet(ifc=2, attention=True, batch_norm=True, dropout_rate=0.0)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
+  shapes = [jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x), x)
+            for m in (model, direct)]
+  assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
+  assert jax.tree.leaves(shapes[0]) == jax.tree.leaves(shapes[1])
+  variables = numpy_variables(direct, x.shape)
+
+  @jax.jit(compiler_options=FAST_COMPILE)  # one compile for both
+  def outputs_and_gradients(variables):
+    def loss(params, m):
+      y, _ = m.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(y ** 2), y
+    return [jax.grad(loss, has_aux=True)(variables["params"], m) for m in (model, direct)]
+
+  (got, got_y), (want, want_y) = outputs_and_gradients(variables)
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-4, atol=1e-5)
+  for path, g in flax.traverse_util.flatten_dict(got).items():
+    w = flax.traverse_util.flatten_dict(want)[path]
+    scale = float(jnp.abs(w).max()) + 1e-12
+    # Batch 2 at 32x32: BatchNorm over the bottleneck's few values (batch 1 at 16x32 gave 2)
+    # amplifies rounding differences; here they stay near 1e-5.
+    np.testing.assert_allclose(g / scale, w / scale, atol=1e-4, err_msg=str(path))
+
+
 def test_xla_compiler_options_follow_the_model_and_the_override():
   from lesion_jax.models import xla_compiler_options
   unet = create_model("unet", ifc=16)
@@ -339,7 +395,7 @@ def nn_conv_same(x, kernel):
 
 
 def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
-  from lesion_jax.models import unet as unet_lib
+  from lesion_jax.models import layers
   for backend, expected in [("cpu", "subpixel"), ("gpu", "concat"), ("tpu", "concat")]:
     assert KernelOptions.for_backend(backend).decoder_conv == expected
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
@@ -350,15 +406,18 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
   rng = np.random.default_rng(2)
   low = jnp.asarray(rng.normal(size=(1, 4, 6, 8)).astype(np.float32))
   skip = jnp.asarray(rng.normal(size=(1, 8, 12, 4)).astype(np.float32))
-  layer = unet_lib.UpsampleConcatConv(5, dtype=jnp.bfloat16)
-  variables = layer.init(jax.random.key(0), low, skip)
-  # The same initial values as the nn.Conv it replaces, given the same key.
+  layer = layers.UpsampleConcatConv(5, (3, 3), dtype=jnp.bfloat16)
+  subpixel = KernelOptions(decoder_conv="subpixel")
+  variables = intercepted(subpixel, layer.init)(jax.random.key(0), low, skip)
+  # The same initial values as the nn.Conv of the concatenation, given the same key.
   from flax import linen as nn
-  joined = jnp.concatenate([unet_lib.upsample_nearest(low), skip], -1)
+  joined = jnp.concatenate([layers.upsample_nearest(low), skip], -1)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
                                    nn.Conv(5, (3, 3)).init(jax.random.key(0), joined)))
   literal = nn_conv_same(joined, variables["params"]["kernel"]) + variables["params"]["bias"]
-  got = layer.apply(variables, low, skip)
+  apply = intercepted(subpixel, layer.apply)
+  assert_replaced(apply, layer.apply, variables, low, skip)
+  got = apply(variables, low, skip)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(got.astype(np.float32), literal,
                              atol=0.02 * float(jnp.abs(literal).max()))
@@ -369,15 +428,18 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
 def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
   from flax import linen as nn
   from lesion_jax.models.kernels import dropout_keep_mask
-  from lesion_jax.models.layers import Dropout
   x = jnp.ones((4, 64, 64, 16))  # 262,144 draws: the kept fraction is known to ~0.001
   key = jax.random.key(0)
   keep, keep_probability = dropout_keep_mask(key, 0.2, x.shape)
   assert keep_probability == 1 - 13107 / 65536  # 0.2 resolved to 1/65536
   assert abs(float(keep.mean()) - keep_probability) < 0.004
-  y = Dropout(0.2).apply({}, x, deterministic=False, rngs={"dropout": key})
+  # nn.Dropout under the kernels draws its mask with dropout_keep_mask (on every backend).
+  dropout = lambda rate, x, **kwargs: intercepted(  # noqa: E731
+      KernelOptions(), nn.Dropout(rate).apply)({}, x, **kwargs)
+  y = dropout(0.2, x, deterministic=False, rngs={"dropout": key})
   kept = np.asarray(y) != 0
   assert abs(kept.mean() - keep_probability) < 0.004
+  # Scaled by the mask's exact keep probability, not flax's 1 / 0.8.
   np.testing.assert_allclose(np.asarray(y)[kept], 1 / keep_probability, rtol=1e-6)
   assert float(jnp.abs(y.mean() - 1)) < 0.01  # inverted dropout: expected output = input
   # Neighbouring values (the two halves of one 32-bit word) are not correlated.
@@ -386,31 +448,33 @@ def test_dropout_keeps_the_rate_and_the_mean_and_matches_flax_semantics():
   # Another key, another mask; odd sizes; the deterministic path and the edge rates.
   other, _ = dropout_keep_mask(jax.random.key(1), 0.2, x.shape)
   assert 0.25 < float((other != keep).mean()) < 0.4
-  assert Dropout(0.5).apply({}, jnp.ones((3, 5, 7)), deterministic=False,
-                            rngs={"dropout": key}).shape == (3, 5, 7)
-  for layer in (Dropout(0.2), nn.Dropout(0.2)):
-    np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
-  np.testing.assert_array_equal(Dropout(1.0).apply({}, x, deterministic=False), 0 * x)
+  assert dropout(0.5, jnp.ones((3, 5, 7)), deterministic=False,
+                 rngs={"dropout": key}).shape == (3, 5, 7)
+  np.testing.assert_array_equal(dropout(0.2, x, deterministic=True), x)
+  np.testing.assert_array_equal(nn.Dropout(0.2).apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(dropout(1.0, x, deterministic=False), 0 * x)
   with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\], got 1.5"):
-    Dropout(1.5).apply({}, x, deterministic=False, rngs={"dropout": key})
+    dropout(1.5, x, deterministic=False, rngs={"dropout": key})
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(backend):
   from flax import linen as nn
-  from lesion_jax.models.layers import PointwiseConv
   # 'cpu' takes the matrix-product gradients, any other backend the convolution's own.
   kernels = KernelOptions.for_backend(backend)
   assert kernels.pointwise_grads == ("matmul" if backend == "cpu" else "autodiff")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)).astype(np.float32))
   cotangent = jnp.asarray(rng.normal(size=(2, 5, 7, 4)).astype(np.float32))
-  reference, layer = nn.Conv(4, (1, 1)), PointwiseConv(4, kernels=kernels)
-  variables = reference.init(jax.random.key(0), x)
+  # The reference is the same nn.Conv computed by flax.
+  layer = nn.Conv(4, (1, 1))
+  variables = layer.init(jax.random.key(0), x)
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
-                                   layer.init(jax.random.key(0), x)))
-  want, want_vjp = jax.vjp(lambda v, x: reference.apply(v, x), variables, x)
-  got, got_vjp = jax.vjp(jax.jit(lambda v, x: layer.apply(v, x)), variables, x)
+                                   intercepted(kernels, layer.init)(jax.random.key(0), x)))
+  apply = intercepted(kernels, layer.apply)
+  assert_replaced(apply, layer.apply, variables, x)
+  want, want_vjp = jax.vjp(layer.apply, variables, x)
+  got, got_vjp = jax.vjp(jax.jit(apply), variables, x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   for g, w in zip(jax.tree.leaves(got_vjp(cotangent)), jax.tree.leaves(want_vjp(cotangent))):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
@@ -420,7 +484,6 @@ def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(
 def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across_devices(
     backend):
   from flax import linen as nn
-  from lesion_jax.models.layers import BatchNorm
   # 'cpu' takes the hand-written gradient, any other backend autodiff of the same forward pass.
   kernels = KernelOptions.for_backend(backend)
   assert kernels.batch_norm_grad == ("hand_written" if backend == "cpu" else "autodiff")
@@ -431,20 +494,23 @@ def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across
             "bias": jnp.asarray(rng.normal(size=8).astype(np.float32))}
   stats = {"mean": jnp.full((8,), 0.5), "var": jnp.full((8,), 2.0)}
 
-  def train_mode(module, params, x, axis_name=None):
-    module = module.clone(axis_name=axis_name)
-    return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=False,
-                        mutable=["batch_stats"])
+  # The reference is the same nn.BatchNorm computed by flax.
+  module = nn.BatchNorm(momentum=0.9, epsilon=1e-3)
 
-  reference = nn.BatchNorm(momentum=0.9, epsilon=1e-3)
-  layer = BatchNorm(momentum=0.9, epsilon=1e-3, kernels=kernels)
+  def train_mode(params, x, axis_name=None):
+    return module.clone(axis_name=axis_name).apply(
+        {"params": params, "batch_stats": stats}, x, use_running_average=False,
+        mutable=["batch_stats"])
+
+  injected = intercepted(kernels, train_mode)
+  init = lambda key, x: module.init(key, x, use_running_average=False)  # noqa: E731
   assert jax.tree.all(jax.tree.map(  # same variables, same initial values
       lambda a, b: bool(jnp.array_equal(a, b)),
-      reference.init(jax.random.key(0), x, use_running_average=False),
-      layer.init(jax.random.key(0), x, use_running_average=False)))
+      init(jax.random.key(0), x), intercepted(kernels, init)(jax.random.key(0), x)))
+  assert_replaced(injected, train_mode, params, x)
   results = []
-  for module in (reference, layer):
-    (y, updates), vjp = jax.vjp(lambda p, x, m=module: train_mode(m, p, x), params, x)
+  for form in (train_mode, injected):
+    (y, updates), vjp = jax.vjp(form, params, x)
     results.append((y, updates, vjp((cotangent, jax.tree.map(jnp.zeros_like, updates)))))
   (y_ref, updates_ref, grads_ref), (y, updates, grads) = results
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -452,17 +518,18 @@ def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across
                        jax.tree.leaves((updates_ref, grads_ref))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Evaluation uses the running averages, as flax does.
-  np.testing.assert_allclose(
-      layer.apply({"params": params, "batch_stats": stats}, x, use_running_average=True),
-      reference.apply({"params": params, "batch_stats": stats}, x, use_running_average=True),
-      rtol=1e-5, atol=1e-5)
+  evaluate = lambda params, x: module.apply(  # noqa: E731
+      {"params": params, "batch_stats": stats}, x, use_running_average=True)
+  assert_replaced(intercepted(kernels, evaluate), evaluate, params, x)
+  np.testing.assert_allclose(intercepted(kernels, evaluate)(params, x), evaluate(params, x),
+                             rtol=1e-5, atol=1e-5)
   # Data parallel: two "devices" (a named vmap axis) with half the batch each normalise with
   # the global statistics, so outputs and input gradients equal the one-device ones, and the
   # parameter gradients are per-device parts of the one-device gradient.
   halves = x.reshape(2, 2, *x.shape[1:])
 
   def per_device(x, dy):
-    (y, _), vjp = jax.vjp(lambda p, x: train_mode(layer, p, x, "devices"), params, x)
+    (y, _), vjp = jax.vjp(lambda p, x: injected(p, x, "devices"), params, x)
     d_params, d_x = vjp((dy, {"batch_stats": jax.tree.map(jnp.zeros_like, stats)}))
     return y, d_x, d_params
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lesion_jax import config as config_lib
+from lesion_jax import spec
 from lesion_jax import data, report, sweep
 from tests.conftest import load_config_module
 
@@ -50,7 +50,7 @@ def test_config_loads_validates_and_documents_its_command(filename, pretrained_w
   assert "Paper" in module.__doc__  # the number it should approach, or why there is none
   for arg in (None, "runlocal"):
     config = module.get_config(arg)
-    config_lib.validate(config)
+    spec.validate(config)
     if config.experiment == "sweep":
       assert sweep.sweep_runs(config)  # every run of the grid validates
     if config.experiment == "transfer":
@@ -144,7 +144,7 @@ def test_pretrained_configs_refuse_to_start_without_the_checkpoints(monkeypatch,
   assert config.model.init_from == \
       f"deeplab_zoo:{tmp_path}/deeplabv3_mnv2_pascal_train_aug/model.ckpt"
   with pytest.raises(FileNotFoundError, match="deeplabv3_mnv2_pascal_train_aug"):
-    config_lib.validate(config)
+    spec.validate(config)
   with pytest.raises(FileNotFoundError, match="init_from"):
     sweep.sweep_runs(load("table2_sweep.py").get_config())
 
@@ -157,5 +157,5 @@ def test_real_data_config_reads_the_shared_copies(monkeypatch, tmp_path):
   assert config.data.manual_dirs.isic == str(tmp_path / "isic2017")
   assert config.data.manual_dirs.ph2 == str(tmp_path / "release")
   smoke = load("exp1_real_isic2017_ph2.py").get_config("smoke")
-  config_lib.validate(smoke)
+  spec.validate(smoke)
   assert smoke.data.train == ("isic",) and smoke.training.num_epochs == 1

@@ -102,3 +102,20 @@ def test_compiled_step_applies_compiler_options_and_compiles_once():
     assert len(p_step._executables) == (1 if options else 0)
     results[bool(options)] = losses_seen
   np.testing.assert_allclose(results[True], results[False], rtol=1e-5)
+
+
+def test_shard_splits_over_the_devices_asked_for_as_common_utils_does_over_all():
+  import jax
+  from flax.training import common_utils
+
+  from lesion_jax import parallel
+
+  batch = np.arange(24 * 2).reshape(24, 2)
+  # Over every local device, the same array as flax's helper ...
+  np.testing.assert_array_equal(parallel.shard(batch, jax.local_device_count()),
+                                common_utils.shard(batch))
+  # ... which cannot split over fewer (config.num_devices) nor name an uneven split.
+  assert parallel.shard(batch, 3).shape == (3, 8, 2)
+  np.testing.assert_array_equal(parallel.shard(batch, 3)[1], batch[8:16])
+  with pytest.raises(ValueError, match="batch of 24 does not split over 5 devices"):
+    parallel.shard(batch, 5)

@@ -13,27 +13,20 @@ import pytest
 from PIL import Image
 
 from lesion_jax import data as data_lib
-from lesion_jax import predict, runs, train
+from lesion_jax import predict, runs
 from lesion_jax.data import pipeline
 from lesion_jax.report import figures, overlays
-from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASET = "synthetic_lesions/dermoscopic"
-pytestmark = pytest.mark.slow
-
-# Two epochs at a high learning rate, with BN statistics that follow them: the probabilities
-# then spread around a chosen threshold above 0.5 and the masks hold both classes.
-# tests/test_export.py trains the same run in the same place: whichever runs second finds it
-# finished, and train_and_evaluate returns its results without training again.
-RUN_CHANGES = {}  # tiny_config's own settings (2 epochs, lr 1e-2, BN momentum 0.8)
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.getbasetemp() / "deploy_run")
-  results = train.train_and_evaluate(tiny_config(data_dir, **RUN_CHANGES), workdir)
-  return workdir, results
+def finished_run(tiny_run):
+  """The session's tiny run (tests/conftest.py): two epochs at a high learning rate, with BN
+  statistics that follow them, give probabilities spread around a chosen threshold above 0.5
+  and masks that hold both classes."""
+  return tiny_run
 
 
 @pytest.fixture(scope="module")

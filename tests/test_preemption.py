@@ -1,10 +1,13 @@
 """A run stopped by SIGTERM or SIGINT saves the step it reached and resumes to the same results.
 
-Each test starts `launch.py` as a scheduler would, waits until it trains, sends the signal, and
-checks the exit code (75), the checkpoint of the step it stopped on, and that the rerun ends
-with the results of a run that was never interrupted (slow: real training processes).
+Each test starts `launch.py` as a scheduler would (Ctrl-C's SIGINT: its main, in this process),
+waits until it trains, sends the signal, and checks the exit code (75), the checkpoint of the step it stopped on, and that the rerun ends
+with the results of a run that was never interrupted: the session's averaged run, whose settings
+(28 steps, long enough to be signalled while training) the processes run with, so that they load
+its compilations from the persistent cache (slow: real training processes).
 """
 import json
+import logging
 import os
 import re
 import signal
@@ -16,27 +19,25 @@ import time
 import pytest
 
 from lesion_jax import errors, train
-from tests.conftest import tiny_config
+from tests.conftest import AVERAGED_RUN, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EPOCHS = 4  # 28 steps: long enough to be signalled while training
 pytestmark = pytest.mark.slow
 
 
 def _config_file(tmp_path, data_dir) -> str:
   path = tmp_path / "tiny.py"
   path.write_text(
-      f"import sys\nsys.path.insert(0, {REPO!r})\nfrom tests.conftest import tiny_config\n\n\n"
+      f"import sys\nsys.path.insert(0, {REPO!r})\n"
+      "from tests.conftest import AVERAGED_RUN, tiny_config\n\n\n"
       "def get_config(arg=None):\n"
-      f"  return tiny_config({data_dir!r}, **{{'training.num_epochs': {EPOCHS}}})\n")
+      f"  return tiny_config({data_dir!r}, **AVERAGED_RUN)\n")
   return str(path)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
-  return train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": EPOCHS}),
-                                  workdir)
+def uninterrupted(averaged_run):
+  return averaged_run[1]
 
 
 def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
@@ -69,17 +70,65 @@ def _latest_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(latest) if name.isdigit())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_saves_the_step_reached_and_the_rerun_matches(signum, uninterrupted, data_dir,
-                                                                tmp_path):
-  workdir = str(tmp_path / "run")
-  process = _start(["--config", _config_file(tmp_path, data_dir), "--workdir", workdir])
+def _signalled_process(argv: list[str], signum: int, workdir: str) -> tuple[int, str]:
+  """(exit code, stderr) of launch.py as a process, sent `signum` once it trains."""
+  process = _start(argv)
   _wait_until_training(process, workdir)
   process.send_signal(signum)
   sent = time.time()
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == errors.EXIT_STOPPED, stderr[-3000:]
   assert time.time() - sent < 20  # the step in flight, one save, the interpreter's exit
+  return process.returncode, stderr
+
+
+@pytest.fixture
+def restored_logging():
+  """launch.py's main sets up the console logging of a run; other tests keep theirs."""
+  root, absl = logging.getLogger(), logging.getLogger("absl")
+  handlers, level, absl_level = list(root.handlers), root.level, absl.level
+  yield
+  root.handlers[:] = handlers
+  root.setLevel(level)
+  absl.setLevel(absl_level)
+
+
+def _signalled_in_this_process(argv: list[str], signum: int, monkeypatch, capsys,
+                               caplog) -> tuple[int, str]:
+  """(exit code, stderr and log) of launch.py's flag parsing and main in this process, which
+  sends itself `signum` after its third training step (a Ctrl-C at the terminal)."""
+  from lesion_jax import preemption
+  sys.path.insert(0, REPO)
+  try:
+    import launch
+  finally:
+    sys.path.remove(REPO)
+  real_reached = preemption.StopRequest.reached
+
+  def reached(self, call):
+    if call == 3:
+      os.kill(os.getpid(), signum)
+    return real_reached(self, call)
+
+  launch.FLAGS.unparse_flags()
+  with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+    patch.setattr(preemption.StopRequest, "reached", reached)
+    patch.setattr(sys, "argv", ["launch.py", *argv])  # ml_collections reads overrides here
+    with pytest.raises(SystemExit) as stopped:
+      launch.main(launch.parse_flags(sys.argv))
+  return stopped.value.code, capsys.readouterr().err + caplog.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_step_reached_and_the_rerun_matches(
+    signum, uninterrupted, data_dir, tmp_path, monkeypatch, capsys, caplog, restored_logging):
+  """SIGTERM as a scheduler sends it, to a launch.py process; SIGINT as Ctrl-C, here."""
+  workdir = str(tmp_path / "run")
+  argv = ["--config", _config_file(tmp_path, data_dir), "--workdir", workdir]
+  if signum == signal.SIGTERM:
+    returncode, stderr = _signalled_process(argv, signum, workdir)
+  else:
+    returncode, stderr = _signalled_in_this_process(argv, signum, monkeypatch, capsys, caplog)
+  assert returncode == errors.EXIT_STOPPED, stderr[-3000:]
   assert f"{signal.Signals(signum).name} received" in stderr
   assert "resume with:" in stderr and "Traceback" not in stderr
   step, total = _stopped_step(stderr)
@@ -87,8 +136,7 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_matches(signum, uninterru
   assert _latest_steps(workdir)[-1] == step
   assert not os.path.exists(os.path.join(workdir, "results.json"))
 
-  resumed = train.train_and_evaluate(tiny_config(data_dir, **{"training.num_epochs": EPOCHS}),
-                                     workdir)
+  resumed = train.train_and_evaluate(tiny_config(data_dir, **AVERAGED_RUN), workdir)
   for key in ("test", "validation", "threshold", "best_step"):
     assert resumed[key] == uninterrupted[key], key
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -202,7 +202,6 @@ def test_keras_filenames_cover_every_published_alpha():
     keras_mobilenet_v2_filename(0.25)
 
 
-@pytest.mark.slow  # writes a real TF1 bundle; importing tensorflow alone takes seconds
 def test_tf1_checkpoint_file_round_trip(tmp_path):
   tf = pytest.importorskip("tensorflow")
   shapes = tf_mobilenet_v2_deeplab(num_classes=19)
@@ -241,7 +240,6 @@ def _random_keras_mobilenet_v2(keras, alpha, shape, seed):
   return model
 
 
-@pytest.mark.slow  # Keras builds MobileNetV2 with one random-init compile per weight shape
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own numpy-2 copy warning
 @pytest.mark.parametrize("alpha", [0.35, 1.0])
 def test_keras_mobilenet_v2_features_match(alpha, tmp_path):

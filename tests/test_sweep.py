@@ -9,7 +9,7 @@ from PIL import Image
 
 from lesion_jax import report, sweep, train
 from lesion_jax.config import base_config
-from tests.conftest import load_config_module
+from tests.conftest import load_config_module, with_tiny_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # the paper configs import configs.paper.common
@@ -137,33 +137,25 @@ def test_transfer_needs_pretraining_data_and_no_init_from(tmp_path):
 # but the first one cheap.
 
 def tiny_paper_config(data_dir: str):
-  """exp2_finetune.py:runlocal shrunk to seconds: 40 images at 32x32, 1 epoch of 7 steps."""
-  config = load_paper_config("exp2_finetune", "runlocal")
-  config.data.data_dir = data_dir
-  config.data.synthetic.num_images = 40
-  config.data.synthetic.image_size = 48
-  config.data.image_size = 32
-  config.data.num_threads = 1
-  config.training.num_epochs = 1
-  config.training.log_every_steps = 2
-  config.training.tensorboard_images = 1
-  config.optimizer.cycle_epochs = 1.0
-  config.report.num_overlays = 1
-  return config
+  """exp2_finetune.py:runlocal shrunk to seconds: its experiment, datasets and runs, with the
+  tiny runs' model, optimiser and sizes (40 images at 32x32, 2 epochs of 7 steps), whose
+  compilations its runs reuse."""
+  return with_tiny_steps(load_paper_config("exp2_finetune", "runlocal"), data_dir)
 
 
 class TrainSpy:
-  """Wraps train.train_and_evaluate and records the workdirs it trains."""
+  """Wraps train.train_validated (where every run trains, a sweep's included) and records the
+  workdirs it is called for."""
 
   def __init__(self, monkeypatch):
     self.workdirs = []
-    real = train.train_and_evaluate
+    real = train.train_validated
 
     def spy(config, workdir, overwrite=False):
       self.workdirs.append(os.path.basename(workdir))
       return real(config, workdir, overwrite=overwrite)
 
-    monkeypatch.setattr(train, "train_and_evaluate", spy)
+    monkeypatch.setattr(train, "train_validated", spy)
 
 
 @pytest.mark.slow
@@ -212,10 +204,11 @@ def test_sweep_trains_each_run_once_and_resumes_only_the_unfinished(
   config.experiment = "sweep"
   config.transfer.pretrain_data = ()
   # Axes that change neither the model nor the compiled steps, so the four runs share them.
-  config.sweep.grids = ({"seed": [0, 1], "data.flip": [True, False]},)
+  config.sweep.grids = ({"seed": [0, 1], "training.patience": [5, 10]},)
   workdir = tmp_path / "sweep"
   first = sweep.run_sweep(config, str(workdir))
-  names = ["seed-0__flip-true", "seed-0__flip-false", "seed-1__flip-true", "seed-1__flip-false"]
+  names = ["seed-0__patience-5", "seed-0__patience-10", "seed-1__patience-5",
+           "seed-1__patience-10"]
   assert sorted(first["runs"]) == sorted(names)
   for name in names:
     assert (workdir / name / "results.json").exists()

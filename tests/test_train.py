@@ -1,11 +1,18 @@
-"""End-to-end runs of the training spine on tiny synthetic data (marked slow: they compile)."""
+"""End-to-end runs of the training spine on tiny synthetic data.
+
+The loop's decisions (early stopping, divergence, the calls' plan, a collapsed model) are checked
+as functions in tests/test_loop_decisions.py; here, that a run acts on them. Every run here but
+two compiles no step of its own: they share tiny_config's (or the averaged run's) compilations.
+"""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import flax.linen as flax_nn
 import numpy as np
 import pytest
 
@@ -13,18 +20,17 @@ from lesion_jax import errors
 from lesion_jax import evaluation as evaluation_lib
 from lesion_jax import loop as loop_lib
 from lesion_jax import metrics as metrics_lib
+from lesion_jax import parallel as parallel_lib
 from lesion_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import AVERAGED_RUN, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run") / "quick")
-  results = train.train_and_evaluate(tiny_config(data_dir), workdir)
-  return workdir, results
+def finished_run(tiny_run):
+  """The session's finished tiny run (tests/conftest.py); the tests here only read it."""
+  return tiny_run
 
 
 def test_run_writes_every_output(finished_run):
@@ -59,8 +65,9 @@ def test_same_seed_gives_identical_metrics(finished_run, data_dir, tmp_path):
   assert second["threshold"] == first["threshold"]
 
 
-def test_reusing_a_workdir_with_another_config_is_refused(finished_run, data_dir):
-  workdir, _ = finished_run
+def test_reusing_a_workdir_with_another_config_is_refused(finished_run, data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
   with pytest.raises(FileExistsError, match="loss"):
     train.train_and_evaluate(tiny_config(data_dir, loss="jaccard"), workdir)
   # The same config is a finished run: it is not trained again.
@@ -69,9 +76,10 @@ def test_reusing_a_workdir_with_another_config_is_refused(finished_run, data_dir
   assert os.path.getmtime(os.path.join(workdir, "results.json")) == mtime
 
 
-def test_overwrite_starts_again(data_dir, tmp_path):
+def test_overwrite_starts_again(finished_run, data_dir, tmp_path):
   workdir = str(tmp_path / "w")
-  first = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  shutil.copytree(finished_run[0], workdir)
+  first = finished_run[1]
   (tmp_path / "w" / "notes.txt").write_text("mine")
   # Another seed: a different run that compiles to the same step (the cache serves it).
   second = train.train_and_evaluate(tiny_config(data_dir, seed=1), workdir, overwrite=True)
@@ -80,35 +88,53 @@ def test_overwrite_starts_again(data_dir, tmp_path):
   assert (tmp_path / "w" / "notes.txt").read_text() == "mine"  # only the run's outputs go
 
 
-def test_nan_loss_stops_with_the_step_and_saves_nothing_bad(data_dir, tmp_path, monkeypatch):
-  from lesion_jax import losses
-  name = "always_nan_for_test"
-  # Registered for this test only: the registry is global to the test process.
-  monkeypatch.setitem(losses.LOSSES._entries, name,
-                      lambda logits, masks: losses.get_loss("dice")(logits, masks) * np.nan)
-  config = tiny_config(data_dir)
-  config.loss = name
-  with pytest.raises(train.NonFiniteLossError, match="at step 1"):
-    train.train_and_evaluate(config, str(tmp_path / "nan"))
-  assert not os.path.exists(tmp_path / "nan" / "results.json")
-  assert not os.listdir(tmp_path / "nan" / "checkpoints" / "latest")
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_the_error_and_keeps_its_last_good_checkpoint(data_dir,
+                                                                                tmp_path):
+  """A loss above divergence_factor times the first step's ends the run before the diverged
+  step is saved. (A factor of 0.001 makes any second step "diverge": the run compiles the tiny
+  runs' steps, where an exploding learning rate or loss would compile its own; what counts as
+  diverged, NaN and inf included, is tests/test_loop_decisions.py's.)"""
+  config = tiny_config(data_dir, **{"training.divergence_factor": 0.001,
+                                    "training.divergence_reference_steps": 1,
+                                    "checkpoint.every_steps": 1})
+  workdir = tmp_path / "diverged"
+  with pytest.raises(train.NonFiniteLossError) as caught:  # the name earlier versions raised
+    train.train_and_evaluate(config, str(workdir))
+  assert isinstance(caught.value, errors.TrainingDiverged)
+  assert caught.value.exit_code == errors.EXIT_DIVERGED
+  message = str(caught.value)
+  assert message.startswith("training diverged at step 2: the loss reached ")
+  assert "times its mean over the run's first 1 steps" in message
+  assert (f"The last good checkpoint, step 1, is kept in {workdir}/checkpoints/latest"
+          in message)
+  assert not os.path.exists(workdir / "results.json")
+  assert os.listdir(workdir / "checkpoints" / "latest") == ["1"]  # step 2 was not saved
+  # The same command resumes from step 1 and diverges again: the error, not a result.
+  with pytest.raises(errors.TrainingDiverged, match="at step 2:"):
+    train.train_and_evaluate(config, str(workdir))
 
 
-def test_an_exploding_loss_is_a_divergence_error_not_a_result(data_dir, tmp_path):
-  config = tiny_config(data_dir, loss="ce", **{"optimizer.learning_rate": 1e6})
-  with pytest.raises(errors.TrainingDiverged,
-                     match=r"training diverged at step \d+: the loss (reached|became) .*"
-                           r"No checkpoint had been saved yet"):
-    train.train_and_evaluate(config, str(tmp_path / "diverged"))
-  assert not os.path.exists(tmp_path / "diverged" / "results.json")
+def _collapsed(evaluation: evaluation_lib.Evaluation) -> evaluation_lib.Evaluation:
+  """The same images as a model calling every pixel lesion at every threshold would score."""
+  counts = evaluation.counts.copy()
+  tp, fp, fn, tn = (counts[..., i].copy() for i in (metrics_lib.TP, metrics_lib.FP,
+                                                      metrics_lib.FN, metrics_lib.TN))
+  counts[..., metrics_lib.TP], counts[..., metrics_lib.FP] = tp + fn, fp + tn
+  counts[..., metrics_lib.FN] = counts[..., metrics_lib.TN] = 0
+  return evaluation_lib.Evaluation(counts, evaluation.loss, evaluation.index)
 
 
-def test_a_model_collapsed_to_a_constant_mask_is_flagged(data_dir, tmp_path, caplog):
-  # The soft Dice loss is bounded, so a huge learning rate gives no exploding loss: the model
-  # ends up calling every pixel lesion, which still has a JA (the lesion's share of the image).
-  config = tiny_config(data_dir, **{"optimizer.learning_rate": 1e6})
+@pytest.mark.slow
+def test_a_model_collapsed_to_a_constant_mask_is_flagged(data_dir, tmp_path, caplog,
+                                                         monkeypatch):
+  """The run's evaluations see a model that calls every pixel lesion (what a huge learning rate
+  with the bounded Dice loss gives): its results, log, results.md and end summary say so."""
+  real_evaluate = evaluation_lib.evaluate
+  monkeypatch.setattr(evaluation_lib, "evaluate",
+                      lambda *args, **kwargs: _collapsed(real_evaluate(*args, **kwargs)))
   with caplog.at_level("WARNING"):
-    results = train.train_and_evaluate(config, str(tmp_path / "collapsed"))
+    results = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "collapsed"))
   (warning,) = results["warnings"]
   assert "constant mask" in warning and "lesion at every pixel" in warning
   assert warning in caplog.text
@@ -118,9 +144,12 @@ def test_a_model_collapsed_to_a_constant_mask_is_flagged(data_dir, tmp_path, cap
                                                                 str(tmp_path / "collapsed"))
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
-  """Validation JA 0.5, 0.6, 0.55, 0.58, ... with patience 2 stops at the 4th evaluation."""
-  sequence = iter([0.5, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
+  """Validation JA 0.5, 0.6, 0.55, ... with patience 1 stops at the 3rd of 4 evaluations.
+
+  The averaged run's settings (4 epochs): its compilation serves, and the stop comes early."""
+  sequence = iter([0.5, 0.6, 0.55, 0.9, 0.9, 0.9])
   real_evaluate = evaluation_lib.evaluate
 
   def fake_evaluate(*args, **kwargs):
@@ -133,11 +162,12 @@ def test_early_stopping_stops_after_patience(data_dir, tmp_path, monkeypatch):
     return evaluation_lib.Evaluation(counts, evaluation.loss[:1], evaluation.index[:1])
 
   monkeypatch.setattr(evaluation_lib, "evaluate", fake_evaluate)
-  config = tiny_config(data_dir, **{"training.num_epochs": 8, "training.patience": 2})
+  config = tiny_config(data_dir, **{**AVERAGED_RUN, "training.patience": 1})
   results = train.train_and_evaluate(config, str(tmp_path / "es"))
   validation_calls = [json.loads(l) for l in open(tmp_path / "es" / "metrics.jsonl")
                       if '"validation"' in l]
-  assert len(validation_calls) == 4
+  assert [c["step"] for c in validation_calls] == [7, 14, 21]  # of 28 steps
+  assert results["training"]["steps"] == 21
   assert results["best_step"] == validation_calls[1]["step"]
 
 
@@ -200,6 +230,19 @@ def test_config_optimizer_flatten_gives_the_run_adam_on_one_flat_vector():
   assert sizes == {False: [4, 4, 72, 72], True: [76, 76]}
 
 
+class _ConvBatchNormDropout(flax_nn.Module):
+  """A conv, BatchNorm over the pmap axis, dropout and a 1x1 conv: each per-step draw and state
+  a model has, in a program that compiles in a second (a U-Net's takes half a minute)."""
+
+  @flax_nn.compact
+  def __call__(self, x, train: bool = False):
+    x = flax_nn.Conv(4, (3, 3))(x)
+    x = flax_nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                          axis_name=parallel_lib.AXIS_NAME)(x)
+    x = flax_nn.Dropout(0.2, deterministic=not train)(flax_nn.relu(x))
+    return flax_nn.Conv(1, (1, 1))(x)
+
+
 def test_k_steps_per_dispatch_give_the_parameters_of_k_single_steps():
   """With dropout, BatchNorm and augmentation: the scan carries every per-step draw."""
   import functools
@@ -208,11 +251,8 @@ def test_k_steps_per_dispatch_give_the_parameters_of_k_single_steps():
   import optax
 
   from lesion_jax import augment, losses, parallel
-  from lesion_jax.models import unet
-  from lesion_jax.models.layers import BatchNormOptions
 
-  model = unet.UNet(ifc=2, dropout_rate=0.2, batch_norm=True,
-                    bn_options=BatchNormOptions(0.9, parallel.AXIS_NAME))
+  model = _ConvBatchNormDropout()
   devices = parallel.local_devices(1)
   options = augment.AugmentOptions(flip=True, rotate=True)
   loss_fn = losses.get_loss("dice")

@@ -1,11 +1,14 @@
 """Shipped trained segmenters: the single-file format, its checksum, loading by name."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from lesion_jax import inference, runs
+from lesion_jax import inference, runs, shipping
 from lesion_jax.errors import DataError, UnknownNameError
 from lesion_jax.models import trained
 
@@ -24,12 +27,25 @@ def test_the_package_ships_the_dermoscopic_and_macroscopic_models():
   assert {"dermoscopic", "macroscopic"} <= set(trained.names())
 
 
+def test_the_loader_imports_no_writer_nor_what_imports_the_models():
+  # In a fresh process: the writer (lesion_jax.shipping) reads runs, checkpoints and reports,
+  # which import lesion_jax.models; the loader must not, or the packages import each other.
+  code = ("import sys, lesion_jax.models\n"
+          "before = set(sys.modules)\n"
+          "from lesion_jax.models import trained\n"
+          "trained.load('dermoscopic')\n"
+          "print(sorted(m for m in set(sys.modules) - before if m.startswith('lesion_jax')))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.stdout.strip().splitlines()[-1] == "['lesion_jax.models.trained']"
+
+
 @pytest.mark.slow
 def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
     averaged_run, averaged_run_levers, tmp_path):
   workdir, results = averaged_run
   out = tmp_path / "zoo"
-  assert trained.main([workdir, "--name", "tiny", "--out", str(out)]) == 0
+  assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == 0
   model = trained.load("tiny", out)
   run = runs.load_run(workdir)
   assert model.threshold == results["threshold"] and model.image_size == run.image_size
@@ -44,8 +60,10 @@ def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
     assert low <= metrics["ja"] <= high
   assert card["source"]["weights"] == "best" and card["training_data"] == list(
       run.config.data.train)
+  assert " -m lesion_jax.shipping " in card["source"]["command"]
   # The weight average, with the threshold levers chose on validation.
-  assert trained.main([workdir, "--name", "tiny_ema", "--weights", "ema", "--out", str(out)]) == 0
+  assert shipping.main([workdir, "--name", "tiny_ema", "--weights", "ema", "--out",
+                        str(out)]) == 0
   assert trained.load("tiny_ema", out).card["source"]["weights"] == "ema"
   with pytest.raises(UnknownNameError, match="tiny, tiny_ema"):
     trained.load("tiyn", out)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lesion_jax import export, predict
+from lesion_jax import export, predict, shipping
 from lesion_jax.data import synthesis
 from lesion_jax.models import load_trained, trained
 
@@ -26,7 +26,7 @@ SIZES = ((32, 32), (40, 56), (64, 48))
 def models_dir(averaged_run, tmp_path_factory):
   workdir, _ = averaged_run
   directory = tmp_path_factory.mktemp("trained_models")
-  trained.write(workdir, NAME, "best", directory)
+  shipping.write(workdir, NAME, "best", directory)
   return directory
 
 

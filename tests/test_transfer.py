@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from lesion_jax import checkpoint as checkpoint_lib
-from lesion_jax import runs, train, transfer
+from lesion_jax import optim, runs, train, transfer
+from lesion_jax.errors import ConfigError
 from tests.conftest import tiny_config
 
 
@@ -37,14 +38,78 @@ def test_bad_patterns_are_reported():
     transfer.check_patterns_match({"params": {"a": np.zeros(1)}}, ["params/zzz"], "frozen")
 
 
-def test_freeze_zeroes_updates_of_frozen_parameters():
-  params = {"encoder": {"w": np.ones(3, np.float32)}, "head": {"w": np.ones(2, np.float32)}}
-  tx = transfer.freeze(optax.adam(0.1), ["params/encoder/.*"])
-  state = tx.init(params)
-  grads = jax.tree.map(np.ones_like, params)
-  updates, _ = tx.update(grads, state, params)
-  np.testing.assert_array_equal(updates["encoder"]["w"], 0)
-  assert np.all(np.asarray(updates["head"]["w"]) != 0)
+def _frozen_params():
+  rng = np.random.default_rng(0)
+  return {"encoder": {"kernel": rng.normal(size=(8, 16)).astype(np.float32),
+                      "bias": rng.normal(size=16).astype(np.float32)},
+          "head": {"kernel": rng.normal(size=(16, 2)).astype(np.float32),
+                   "bias": rng.normal(size=2).astype(np.float32)}}
+
+
+SCHEDULE = optax.linear_schedule(1e-2, 1e-3, 10)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_frozen_parameters_stay_put_and_the_others_follow_plain_adam(flatten):
+  params = _frozen_params()
+  tx = transfer.freeze(optim.adam(SCHEDULE, flatten), ["params/encoder/.*"])
+  reference_tx = optax.adam(SCHEDULE)  # plain Adam on the trained parameters alone
+  reference = {"head": params["head"]}
+  state, reference_state = tx.init(params), reference_tx.init(reference)
+  step, reference_step = jax.jit(tx.update), jax.jit(reference_tx.update)
+  rng = np.random.default_rng(1)
+  trained = params
+  for _ in range(4):
+    grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    updates, state = step(grads, state, trained)
+    trained = optax.apply_updates(trained, updates)
+    updates, reference_state = reference_step({"head": grads["head"]}, reference_state, reference)
+    reference = optax.apply_updates(reference, updates)
+  for name in ("kernel", "bias"):
+    np.testing.assert_array_equal(trained["encoder"][name], params["encoder"][name])
+    assert not np.array_equal(trained["head"][name], params["head"][name])
+    if flatten:  # the same elementwise Adam, compiled as one fused vector: last-bit rounding
+      np.testing.assert_allclose(trained["head"][name], reference["head"][name], rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(trained["head"][name], reference["head"][name])
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_frozen_parameters_hold_no_adam_moments(flatten):
+  params = _frozen_params()
+  state = transfer.freeze(optim.adam(SCHEDULE, flatten), ["params/encoder/.*"]).init(params)
+  moments = [x for x in jax.tree.leaves(state) if np.ndim(x)]  # the scalars are step counts
+  trained = sum(x.size for x in jax.tree.leaves(params["head"]))
+  assert sum(x.size for x in moments) == 2 * trained  # mu and nu of the head, nothing else
+  assert sum(x.nbytes for x in moments) == 2 * 4 * trained
+  unfrozen = optim.adam(SCHEDULE, flatten).init(params)
+  assert sum(np.size(x) for x in jax.tree.leaves(unfrozen) if np.ndim(x)) == 2 * (
+      trained + sum(x.size for x in jax.tree.leaves(params["encoder"])))
+
+
+def test_a_frozen_optimiser_state_restarts_its_schedule_and_round_trips_a_checkpoint(tmp_path):
+  params = _frozen_params()
+  tx = transfer.freeze(optim.adam(SCHEDULE, True), ["params/encoder/.*"])
+  # train._schedule_at (a resume from the best checkpoint) finds the schedule inside partition.
+  state = train._schedule_at(tx.init(params), 7)
+  counts = {type(node).__name__: int(node.count) for node in jax.tree.leaves(
+      state, is_leaf=lambda n: isinstance(n, (optax.ScaleByScheduleState, optax.ScaleByAdamState)))
+      if hasattr(node, "count")}
+  assert counts == {"ScaleByScheduleState": 7, "ScaleByAdamState": 0}
+  _, state = tx.update(jax.tree.map(np.ones_like, params), state, params)
+  checkpoints = checkpoint_lib.RunCheckpoints(str(tmp_path))
+  checkpoints.save_latest(1, {"opt_state": state}, {}, wait=True)
+  restored, _ = checkpoints.restore_latest({"opt_state": tx.init(params)})
+  assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(state)
+  jax.tree.map(np.testing.assert_array_equal, restored["opt_state"],
+               checkpoint_lib.to_numpy(state))
+
+
+def test_freezing_nothing_keeps_the_optimiser_and_freezing_everything_is_an_error():
+  tx = optim.adam(SCHEDULE)
+  assert transfer.freeze(tx, ()) is tx  # the state layout and compiled steps stay as they were
+  with pytest.raises(ConfigError, match=r"config.frozen=\['params/.\*'\] matches every"):
+    transfer.freeze(tx, ["params/.*"]).init(_frozen_params())
 
 
 @pytest.fixture(scope="module")

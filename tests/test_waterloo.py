@@ -220,7 +220,6 @@ def strata_counts(examples) -> dict[tuple[str, str], tuple[int, int, int]]:
   return {st: tuple(counts[st + (s,)] for s in SPLITS) for st in strata}
 
 
-@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_copy_builds_161_pairs_into_three_splits(real_copy):
   builder, examples = real_copy
@@ -234,7 +233,6 @@ def test_real_copy_builds_161_pairs_into_three_splits(real_copy):
   assert all(len(s) == 1 for s in split_of_lesion.values())
 
 
-@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_copy_salt_is_the_most_balanced_candidate(real_copy):
   """The search that chose SPLIT_SALT (waterloo.py's docstring), repeated."""

@@ -60,7 +60,7 @@ def zoo_weights(model_name: str, dataset: str) -> str:
 
   The checkpoint prefix is the one `*.index` file in the untarred folder (the zoo names it
   model.ckpt or model.ckpt-N); before the download it is <folder>/model.ckpt, which
-  lesion_jax.config.validate reports as missing.
+  lesion_jax.spec.validate reports as missing.
   """
   root = os.path.expanduser(os.environ.get(PRETRAINED_ENV, "~/lesion_pretrained"))
   folder = os.path.join(root, ZOO_FOLDERS[(model_name, dataset)])

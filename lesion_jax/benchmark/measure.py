@@ -284,9 +284,10 @@ def measure_loop(config: ml_collections.ConfigDict, model, model_name: str, dtyp
   run_config = loop_config(config, model_name, dtype, per_call * (1 + warmup_steps + steps),
                            num_images)
   with tempfile.TemporaryDirectory() as workdir:
-    run = train.setup_run(run_config, workdir, list(devices), model=model)
-    replicated = parallel.replicate(run.state, devices)
+    run, state, loop = train.setup_run(run_config, workdir, list(devices), model=model)
+    replicated = parallel.replicate(state, devices)
     with preemption.StopRequest() as stop:
-      loop_lib.train_loop(run, replicated, run.loop, stop, untimed_calls=1 + warmup_steps)
+      loop_lib.train_loop(run, replicated, loop, stop, int(state.step),
+                          untimed_calls=1 + warmup_steps)
   run.checkpoints.close()
-  return run.loop.images_per_second
+  return loop.images_per_second

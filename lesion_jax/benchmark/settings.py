@@ -7,7 +7,6 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 
-from lesion_jax import config as config_lib
 from lesion_jax import models as models_lib
 from lesion_jax import parallel
 from lesion_jax.data import pipeline
@@ -54,7 +53,7 @@ def model_settings(config: ml_collections.ConfigDict) -> list[ModelSetting]:
   if isinstance(specs, str):
     specs = tuple(s for s in specs.split("+") if s.strip())
   if not specs:
-    kwargs, _ = config_lib.model_kwargs(config)
+    kwargs, _ = models_lib.config_kwargs(config)
     kwargs.pop("dtype", None)
     label = config.model.name + (":" + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
                                  if kwargs else "")
@@ -75,8 +74,8 @@ def compute_dtypes(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def validate(config: ml_collections.ConfigDict) -> tuple[list[ModelSetting], list[str]]:
-  """Checks the config and builds every model (cheap: no parameters) before any compilation."""
-  config_lib.validate(config)
+  """Checks the benchmark's settings and builds every model (cheap: no parameters) before any
+  compilation. The rest of the config was checked where it entered (`spec.validate`)."""
   bench = config.benchmark
   for key in ("steps", "max_batch_per_device", "cpu_max_batch_per_device"):
     if not isinstance(bench[key], int) or bench[key] < 1:

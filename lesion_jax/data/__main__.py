@@ -16,25 +16,11 @@ import os
 import sys
 from typing import Sequence
 
-import tensorflow_datasets as tfds
-
 from lesion_jax.data import DATASETS, get_builder, stats
 from lesion_jax.data.builders.common import MissingArchiveError, SourceFileError
 
 # Where the real archives are (the variable the tests and configs read, too).
 REAL_DATA_ENV = "LESION_JAX_REAL_DATA"
-
-
-def check_names(names: Sequence[str]) -> None:
-  """Fails on an unknown name before anything is built; the error lists the valid names."""
-  for name in names:
-    DATASETS.get(name)
-
-
-def prepared_builder(name: str, data_dir: str | None,
-                     manual_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The builder of database `name`, built first if needed."""
-  return get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,8 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # tfds' "reusing dataset" chatter.
   try:
-    check_names(args.names)
-    rows = [stats.database_statistics(prepared_builder(n, args.data_dir, args.manual_dir))
+    for name in args.names:  # every name checked before the first database is built
+      DATASETS.get(name)
+    rows = [stats.database_statistics(get_builder(n, data_dir=args.data_dir,
+                                                  manual_dir=args.manual_dir))
             for n in args.names]
   except (KeyError, MissingArchiveError, SourceFileError) as e:
     # These messages are written for the user (what is missing or broken, where); no traceback.

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lesion_jax import config as config_lib
+from lesion_jax import models as models_lib
 from lesion_jax import inference
 from lesion_jax import metrics as metrics_lib
 from lesion_jax.data import pipeline
@@ -33,7 +34,7 @@ class ParityError(ExportError):
 
 def reference_model(config) -> Any:
   """The run's network as JAX evaluates it (default depthwise form), in float32."""
-  return config_lib.models_from_config(config, dtype="float32")
+  return models_lib.from_config(config, dtype="float32")
 
 
 def jax_probabilities(run, images: np.ndarray) -> np.ndarray:

@@ -68,17 +68,18 @@ def trained_run(name: str) -> runs.Run:
     UnknownNameError: no such model; the message lists those there are.
   """
   from lesion_jax.errors import UnknownNameError
+  from lesion_jax import runs
   from lesion_jax.models import trained
 
   if name not in trained.names():
     raise UnknownNameError(f"--model {name}: no trained model of that name "
                            f"({trained.listing()})")
-  return trained.load(name).as_run()
+  return runs.from_trained(trained.load(name))
 
 
 def _source(run, step: int | None) -> dict:
   """Where the exported weights come from: the run's checkpoint, or a shipped model's file."""
-  if run.workdir is None:  # a shipped model (trained.TrainedModel.as_run)
+  if run.workdir is None:  # a shipped model (runs.from_trained)
     card_source = run.meta.get("source") or {}
     return {"trained_model": run.meta.get("trained_model"), "sha256": run.meta.get("sha256"),
             "step": int(run.meta["step"]), "weights": card_source.get("weights"),

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lesion_jax import config as config_lib
+from lesion_jax import models as models_lib
 from lesion_jax import inference
 from lesion_jax.registry import Registry
 
@@ -128,7 +128,7 @@ def for_export(model) -> Any:
 
 def export_model(config) -> Any:
   """The run's network as exported: float32 compute, depthwise as grouped convolutions."""
-  return for_export(config_lib.models_from_config(config, depthwise_implementation="xla",
+  return for_export(models_lib.from_config(config, depthwise_implementation="xla",
                                                   dtype="float32"))
 
 

@@ -1,225 +1,34 @@
-"""Model registry: every architecture of the paper as a named, configurable flax.linen setting.
+"""The architectures of the paper as named settings (`models/registry.py`: `MODELS`,
+`create_model`, `from_config`), and the trained segmenters shipped with lesion_jax
+(`load_trained`, `models/trained.py`).
 
     model = create_model("deeplab_mobilenetv2", alpha=0.35, output_stride=16)
     variables = model.init(jax.random.key(0), x)             # x: (B, H, W, 3) float32, NHWC
     logits = model.apply(variables, x)                         # (B, H, W, 1) float32
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": key})
-
-Every model has `__call__(x, train=False)`, an `input_divisor` (H and W must be multiples of it)
-and a `dtype` (compute dtype; parameters stay float32). Variables are `params` and, where BN is
-used, `batch_stats`; dropout draws from the rng stream 'dropout'. `create_model` also picks the
-speed kernels the model computes with (models/kernels.py) for JAX's backend; a module class
-built directly computes with the plain forms.
-
-Registered settings (defaults are the paper's best settings, Table 2):
-  unet (ifc 32), att_unet (ifc 64), r2_unet (ifc 16), att_r2_unet (ifc 64),
-  deeplabv3plus_xception65 (OS 16), deeplab_mobilenetv2 (alpha 1.0, OS 16; paper: alpha 0.35).
-`python -m lesion_jax.models` prints every setting with its parameter count.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-from typing import Any, Callable
+from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from lesion_jax.models.deeplab import DeepLab
-from lesion_jax.models.encoders import MobileNetV2Encoder, Xception65Encoder
-from lesion_jax.models.encoders.mobilenet_v2 import validate_alpha, validate_output_stride
-from lesion_jax.models.kernels import KernelOptions
-from lesion_jax.models.layers import BatchNormOptions, DepthwiseConv2D, check_input_size
-from lesion_jax.models.unet import IFC_CHOICES, UNet
-from lesion_jax.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-# The factories' overrides of the backend's kernels ('auto' keeps the backend's choice).
-DEPTHWISE_IMPLEMENTATIONS = ("auto", "shifted", "xla")
-DECODER_CONVS = ("auto", "subpixel", "concat")
-
-# XLA's CPU backend hands convolutions, dots and reductions to the YNNPACK library by default,
-# and runs what YNNPACK does not take through its own Eigen-based kernels. Which is faster depends
-# on the architecture (docs/performance.md, entry 6, 2-core CPU, 256x256, batch 4, train step):
-# YNNPACK runs the weight gradient of a dense 3x3 convolution on one thread (a U-Net ifC 16 step
-# took ~1.1 s with it, ~0.8 s without), while MobileNetV2's 1x1 convolutions and reductions are
-# 2.5x faster with it (reduced Mobile DeepLab: ~0.24 s with, ~0.59 s without). `config.cpu_ynnpack`
-# overrides the architecture's preference.
-CPU_YNNPACK_CHOICES = ("auto", "on", "off")
-CPU_YNNPACK_PREFERENCE: dict[type, str] = {UNet: "off", DeepLab: "on"}
-
-
-def _compute_dtype(dtype: Any) -> Any:
-  try:
-    name = jnp.dtype(dtype).name
-  except TypeError as error:
-    raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}") from error
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
-  return jnp.dtype(name)
-
-
-def xla_compiler_options(model: Any, cpu_ynnpack: str = "auto",
-                         platform: str | None = None) -> dict[str, str]:
-  """XLA options to compile `model`'s steps with on `platform` (default: JAX's backend).
-
-  Empty except on the CPU with YNNPACK off (the architecture's preference under 'auto').
-  """
-  if cpu_ynnpack not in CPU_YNNPACK_CHOICES:
-    raise ValueError(f"cpu_ynnpack must be one of {CPU_YNNPACK_CHOICES}, got {cpu_ynnpack!r}")
-  if (platform or jax.default_backend()) != "cpu":
-    return {}
-  # An architecture without a stated preference keeps XLA's default (YNNPACK on).
-  preference = next((choice for module, choice in CPU_YNNPACK_PREFERENCE.items()
-                     if isinstance(model, module)), "on")
-  choice = preference if cpu_ynnpack == "auto" else cpu_ynnpack
-  # An empty list of library fusion types: XLA emits every op itself.
-  return {"xla_cpu_experimental_ynn_fusion_type": ""} if choice == "off" else {}
-
-
-def _with_depthwise(kernels: KernelOptions, implementation: str) -> KernelOptions:
-  if implementation not in DEPTHWISE_IMPLEMENTATIONS:
-    raise ValueError(f"depthwise_implementation must be one of {DEPTHWISE_IMPLEMENTATIONS}, "
-                     f"got {implementation!r}")
-  if implementation == "auto":
-    return kernels
-  return dataclasses.replace(kernels, depthwise=implementation)
-
-
-def _with_decoder_conv(kernels: KernelOptions, decoder_conv: str) -> KernelOptions:
-  if decoder_conv not in DECODER_CONVS:
-    raise ValueError(f"UNet decoder_conv must be one of {DECODER_CONVS}, got {decoder_conv!r}")
-  if decoder_conv == "auto":
-    return kernels
-  return dataclasses.replace(kernels, decoder_conv=decoder_conv)
-
-
-def _check_ifc(name: str, ifc: int) -> None:
-  if ifc not in IFC_CHOICES:
-    raise ValueError(f"{name}: ifc (initial feature channels) must be one of {IFC_CHOICES} "
-                     f"(the paper's settings), got {ifc!r}")
-
-
-def _register_unet(name: str, *, attention: bool, block: str, default_ifc: int,
-                   default_dropout: float) -> None:
-  def factory(ifc: int = default_ifc, dropout_rate: float = default_dropout,
-              batch_norm: bool = False, recurrent_units: int = 2, recurrent_t: int = 2,
-              share_recurrent_weights: bool = False, num_classes: int = 1,
-              bn_momentum: float | None = None, bn_axis_name: str | None = None,
-              decoder_conv: str = "auto", dtype: Any = jnp.float32,
-              kernels: KernelOptions = KernelOptions()) -> UNet:
-    _check_ifc(name, ifc)
-    return UNet(ifc=ifc, block=block, attention=attention, dropout_rate=dropout_rate,
-                batch_norm=batch_norm, recurrent_units=recurrent_units, recurrent_t=recurrent_t,
-                share_recurrent_weights=share_recurrent_weights, num_classes=num_classes,
-                bn_options=BatchNormOptions(bn_momentum, bn_axis_name),
-                dtype=_compute_dtype(dtype), kernels=_with_decoder_conv(kernels, decoder_conv))
-  factory.__name__ = name
-  factory.__doc__ = (f"{name}: UNet(block={block!r}, attention={attention}); default ifc "
-                     f"{default_ifc}, dropout {default_dropout}. `decoder_conv` other than "
-                     "'auto' overrides `kernels.decoder_conv`.")
-  MODELS.add(name, factory)
-
-
-_register_unet("unet", attention=False, block="conv", default_ifc=32, default_dropout=0.2)
-_register_unet("att_unet", attention=True, block="conv", default_ifc=64, default_dropout=0.2)
-_register_unet("r2_unet", attention=False, block="recurrent_residual", default_ifc=16,
-               default_dropout=0.0)
-_register_unet("att_r2_unet", attention=True, block="recurrent_residual", default_ifc=64,
-               default_dropout=0.0)
-
-
-@MODELS.register("deeplab_mobilenetv2")
-def deeplab_mobilenetv2(alpha: float = 1.0, output_stride: int = 16, aspp: bool = False,
-                        decoder: bool = False, num_classes: int = 1, dropout_rate: float = 0.1,
-                        depthwise_implementation: str = "auto",
-                        bn_momentum: float | None = None, bn_axis_name: str | None = None,
-                        dtype: Any = jnp.float32,
-                        kernels: KernelOptions = KernelOptions()) -> DeepLab:
-  """DeepLab with a Keras-layout MobileNetV2 encoder; TF DeepLab's MobileNetV2 head by default.
-
-  The paper's "reduced Mobile DeepLab" is alpha=0.35, output_stride=16 (0.44M parameters).
-  `aspp` adds separable atrous branches (rates by output stride), `decoder` the v3+ decoder.
-  `depthwise_implementation` other than 'auto' overrides `kernels.depthwise`.
-  """
-  validate_alpha(alpha)
-  validate_output_stride(output_stride, "deeplab_mobilenetv2")
-  kernels = _with_depthwise(kernels, depthwise_implementation)
-  dtype = _compute_dtype(dtype)
-  bn_options = BatchNormOptions(bn_momentum, bn_axis_name)
-  encoder = MobileNetV2Encoder(alpha=alpha, output_stride=output_stride, kernels=kernels,
-                               bn_options=bn_options, dtype=dtype)
-  return DeepLab(encoder, aspp=aspp, decoder=decoder, num_classes=num_classes,
-                 dropout_rate=dropout_rate, kernels=kernels, bn_options=bn_options, dtype=dtype)
-
-
-@MODELS.register("deeplabv3plus_xception65")
-def deeplabv3plus_xception65(output_stride: int = 16, num_classes: int = 1,
-                             dropout_rate: float = 0.1, middle_flow_units: int = 16,
-                             depthwise_implementation: str = "auto",
-                             bn_momentum: float | None = None, bn_axis_name: str | None = None,
-                             dtype: Any = jnp.float32,
-                             kernels: KernelOptions = KernelOptions()) -> DeepLab:
-  """DeepLabv3+ with the modified aligned Xception-65 encoder, ASPP and decoder (41.05M).
-
-  `middle_flow_units` is 16 in Xception-65; smaller values only serve smoke tests.
-  `depthwise_implementation` other than 'auto' overrides `kernels.depthwise`.
-  """
-  validate_output_stride(output_stride, "deeplabv3plus_xception65")
-  kernels = _with_depthwise(kernels, depthwise_implementation)
-  dtype = _compute_dtype(dtype)
-  bn_options = BatchNormOptions(bn_momentum, bn_axis_name)
-  encoder = Xception65Encoder(output_stride=output_stride, middle_flow_units=middle_flow_units,
-                              kernels=kernels, bn_options=bn_options, dtype=dtype)
-  return DeepLab(encoder, aspp=True, decoder=True, num_classes=num_classes,
-                 dropout_rate=dropout_rate, kernels=kernels, bn_options=bn_options, dtype=dtype)
-
-
-def model_names() -> list[str]:
-  """Registered model names, sorted."""
-  return MODELS.names()
-
-
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-  """The model registered as `name`, configured by `kwargs`.
-
-  The model computes with the speed kernels measured faster on JAX's backend
-  (`KernelOptions.for_backend`); `kernels=KernelOptions()` asks for the plain forms.
-
-  Raises:
-    UnknownNameError (a KeyError) listing the valid names for an unknown `name`; TypeError
-    listing the accepted options for an unknown keyword; ValueError for a bad value.
-  """
-  factory = MODELS.get(name, where="create_model")
-  signature = inspect.signature(factory)
-  unknown = sorted(set(kwargs) - set(signature.parameters))
-  if unknown:
-    raise TypeError(f"model {name!r} got unknown option(s) {unknown}; it accepts "
-                    f"{list(signature.parameters)}")
-  # The one place the backend picks the kernels; the modules below only read the choice.
-  kwargs.setdefault("kernels", KernelOptions.for_backend(jax.default_backend()))
-  return factory(**kwargs)
-
-
-@functools.lru_cache(maxsize=32)  # tracing a model to count it takes ~1 s; runs ask repeatedly
-def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
-  """Number of scalars in the `params` collection, from shapes only (`jax.eval_shape`).
-
-  `input_shape` defaults to (1, d, d, 3) with d = 2 * model.input_divisor; parameter counts do
-  not depend on the spatial size.
-  """
-  if input_shape is None:
-    side = 2 * getattr(model, "input_divisor", 16)
-    input_shape = (1, side, side, 3)
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(lambda inputs: model.init(jax.random.key(0), inputs), x)
-  return int(sum(np.prod(leaf.shape, dtype=np.int64)
-                 for leaf in jax.tree_util.tree_leaves(shapes.get("params", {}))))
+from lesion_jax.models.registry import (
+    COMPUTE_DTYPES,
+    CPU_YNNPACK_CHOICES,
+    MODELS,
+    DeepLab,
+    KernelOptions,
+    MobileNetV2Encoder,
+    UNet,
+    Xception65Encoder,
+    check_input_size,
+    config_kwargs,
+    count_params,
+    create_model,
+    deeplab_mobilenetv2,
+    from_config,
+    deeplabv3plus_xception65,
+    model_names,
+    xla_compiler_options,
+)
 
 
 def load_trained(name: str, directory: str | None = None) -> Any:
@@ -234,8 +43,22 @@ def load_trained(name: str, directory: str | None = None) -> Any:
 
 
 __all__ = [
-    "CPU_YNNPACK_CHOICES", "MODELS", "DeepLab", "DepthwiseConv2D", "KernelOptions",
-    "MobileNetV2Encoder", "UNet", "Xception65Encoder",
-    "check_input_size", "count_params", "create_model", "deeplab_mobilenetv2",
-    "deeplabv3plus_xception65", "load_trained", "model_names", "xla_compiler_options",
+    "COMPUTE_DTYPES",
+    "CPU_YNNPACK_CHOICES",
+    "DeepLab",
+    "KernelOptions",
+    "MODELS",
+    "MobileNetV2Encoder",
+    "UNet",
+    "Xception65Encoder",
+    "check_input_size",
+    "config_kwargs",
+    "count_params",
+    "create_model",
+    "deeplab_mobilenetv2",
+    "deeplabv3plus_xception65",
+    "from_config",
+    "load_trained",
+    "model_names",
+    "xla_compiler_options",
 ]

@@ -27,9 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.kernels import KernelOptions
-from lesion_jax.models.layers import (BatchNormOptions, ConvBN, Dropout, PointwiseConv,
-                                      check_input_size, resize_bilinear)
+from lesion_jax.models.layers import BatchNormOptions, ConvBN, check_input_size, resize_bilinear
 
 Array = jax.Array
 
@@ -49,14 +47,13 @@ class SplitSeparableConv(nn.Module):
   """
   features: int
   dilation: int = 1
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM,
-                  bn_options=self.bn_options, kernels=self.kernels, dtype=self.dtype)
+                  bn_options=self.bn_options, dtype=self.dtype)
     x = ConvBN(x.shape[-1], 3, dilation=self.dilation, depthwise=True, name="depthwise",
                **common)(x, train)
     return ConvBN(self.features, 1, name="pointwise", **common)(x, train)
@@ -66,14 +63,13 @@ class DeepLabHead(nn.Module):
   """Image pooling + 1x1 branch (+ optional separable atrous branches), projection, dropout."""
   atrous_rates: Sequence[int] = ()
   dropout_rate: float = 0.1
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     common = dict(bn_epsilon=HEAD_BN_EPSILON, bn_momentum=HEAD_BN_MOMENTUM,
-                  bn_options=self.bn_options, kernels=self.kernels, dtype=self.dtype)
+                  bn_options=self.bn_options, dtype=self.dtype)
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
     pooled = ConvBN(ASPP_CHANNELS, 1, name="image_pooling", **common)(pooled, train)
     # Bilinear upsampling of a 1x1 map is a broadcast.
@@ -81,16 +77,15 @@ class DeepLabHead(nn.Module):
                 ConvBN(ASPP_CHANNELS, 1, name="aspp0", **common)(x, train)]
     for index, rate in enumerate(self.atrous_rates, start=1):
       branches.append(SplitSeparableConv(
-          ASPP_CHANNELS, dilation=rate, kernels=self.kernels, bn_options=self.bn_options,
-          dtype=self.dtype, name=f"aspp{index}")(x, train))
+          ASPP_CHANNELS, dilation=rate, bn_options=self.bn_options, dtype=self.dtype,
+          name=f"aspp{index}")(x, train))
     x = jnp.concatenate(branches, axis=-1)
     x = ConvBN(ASPP_CHANNELS, 1, name="concat_projection", **common)(x, train)
-    return Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
 class DeepLabDecoder(nn.Module):
   """DeepLabv3+ decoder: 1x1 48 on the low-level feature, concat, two separable 256 convs."""
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -98,14 +93,13 @@ class DeepLabDecoder(nn.Module):
   def __call__(self, x: Array, low_level: Array, train: bool = False) -> Array:
     low_level = ConvBN(DECODER_PROJECTION_CHANNELS, 1, bn_epsilon=HEAD_BN_EPSILON,
                        bn_momentum=HEAD_BN_MOMENTUM, bn_options=self.bn_options,
-                       kernels=self.kernels, dtype=self.dtype,
-                       name="feature_projection0")(low_level, train)
+                       dtype=self.dtype, name="feature_projection0")(low_level, train)
     x = resize_bilinear(x, *low_level.shape[1:3])
     # TF order: [head output, projected low-level feature].
     x = jnp.concatenate([x, low_level.astype(x.dtype)], axis=-1)
     for index in range(2):
       x = SplitSeparableConv(
-          DECODER_CHANNELS, kernels=self.kernels, bn_options=self.bn_options, dtype=self.dtype,
+          DECODER_CHANNELS, bn_options=self.bn_options, dtype=self.dtype,
           name=f"decoder_conv{index}")(x, train)
     return x
 
@@ -122,7 +116,6 @@ class DeepLab(nn.Module):
     low_level_stride: stride of the decoder's low-level feature.
     num_classes: logits channels (1: sigmoid lesion mask).
     dropout_rate: after the projection (TF: keep_prob 0.9).
-    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
     upsample_logits: resize the logits bilinearly to the input size (training, evaluation).
       False returns them at the encoder's output stride, for an exporter that resizes with the
       runtime's own op (TFLite RESIZE_BILINEAR instead of two constant interpolation matrices).
@@ -135,7 +128,6 @@ class DeepLab(nn.Module):
   low_level_stride: int = 4
   num_classes: int = 1
   dropout_rate: float = 0.1
-  kernels: KernelOptions = KernelOptions()
   upsample_logits: bool = True
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
@@ -173,12 +165,10 @@ class DeepLab(nn.Module):
     features = self.encoder(x, train)
     high_level = features[max(features)]
     y = DeepLabHead(self.resolved_atrous_rates, dropout_rate=self.dropout_rate,
-                    kernels=self.kernels, bn_options=self.bn_options, dtype=self.dtype,
-                    name="head")(high_level, train)
+                    bn_options=self.bn_options, dtype=self.dtype, name="head")(high_level, train)
     if self.decoder:
-      y = DeepLabDecoder(self.kernels, bn_options=self.bn_options, dtype=self.dtype,
+      y = DeepLabDecoder(bn_options=self.bn_options, dtype=self.dtype,
                          name="decoder")(y, features[self.low_level_stride], train)
-    y = PointwiseConv(self.num_classes, use_bias=True, dtype=self.dtype, kernels=self.kernels,
-                      name="logits")(y)
+    y = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="logits")(y)
     y = y.astype(jnp.float32)
     return resize_bilinear(y, height, width) if self.upsample_logits else y

@@ -1,26 +1,29 @@
 """Speed kernels: faster forms of a few layers, each computing the numbers of a plain form.
 
-The layers (models/layers.py, models/unet.py) read like plain Flax; where a form of theirs was
-measured faster on a backend, they compute it with a kernel from this module instead. Each
-kernel below names the PLAIN form it is tested against (a library call, autodiff of the same
-forward pass, or the literal formula), and `KernelOptions` says which form each layer uses.
-`create_model` picks the options once, from the backend (`KernelOptions.for_backend`); a
-module built directly uses the plain forms. The measurements are in docs/performance.md, by
-entry number.
+The model files are plain Flax (`nn.Conv`, `nn.BatchNorm`, `nn.Dropout`, and the U-Net
+decoder's `layers.UpsampleConcatConv`). This module is where their faster forms live and where
+they are injected: `intercept(options)` makes those layers compute with the kernels below, and
+`attach(model, options)` gives a model whose every call runs inside it. `create_model` chooses
+the options once, from the backend (`KernelOptions.for_backend`, with the registry's
+overrides), and attaches them; a module built directly computes as flax does. Each kernel names
+the PLAIN form it is tested against (a library call, autodiff of the same forward pass, or the
+literal formula). The measurements are in docs/performance.md, by entry number.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from lesion_jax.models import philox
+from lesion_jax.models.layers import UpsampleConcatConv, upsample_nearest
 
 Array = jax.Array
 
@@ -32,16 +35,17 @@ DECODER_CONV_FORMS = ("subpixel", "concat")
 
 @dataclasses.dataclass(frozen=True)
 class KernelOptions:
-  """Which form each layer computes with; the defaults are the plain forms.
+  """Which form each layer computes with under `intercept`; the defaults are the plain forms.
 
-  depthwise: 'shifted' (`depthwise_conv_shifted`) or 'xla' (`depthwise_conv_plain`).
-  pointwise_grads: 1x1 convolutions' gradients as 'matmul' (`pointwise_conv_matmul_grads`) or
-    'autodiff' (`pointwise_conv_plain`).
-  batch_norm_grad: BatchNorm's training gradient 'hand_written' (`batch_norm_train`) or
+  depthwise: a depthwise `nn.Conv` (feature_group_count == channels) as 'shifted'
+    (`depthwise_conv_shifted`) or 'xla' (`depthwise_conv_plain`).
+  pointwise_grads: a 1x1, stride-1 `nn.Conv`'s gradients as 'matmul'
+    (`pointwise_conv_matmul_grads`) or 'autodiff' (`pointwise_conv_plain`).
+  batch_norm_grad: `nn.BatchNorm`'s training gradient 'hand_written' (`batch_norm_train`) or
     'autodiff' (`batch_norm_train_plain`).
-  decoder_conv: the U-Net decoder's first convolution of concat([upsampled, skip]) as
-    'subpixel' (`conv_upsampled`, through models/unet.py `UpsampleConcatConv`) or 'concat'
-    (the literal concatenation and 3x3 convolution). The R2 blocks always take the literal form.
+  decoder_conv: `layers.UpsampleConcatConv`, the U-Net decoder's first convolution of
+    concat([upsampled, skip]), as 'subpixel' (`conv_upsampled`) or 'concat' (the literal
+    concatenation and `nn.Conv`). The R2 blocks build the concatenation and take `nn.Conv`.
   """
   depthwise: str = "xla"
   pointwise_grads: str = "autodiff"
@@ -325,11 +329,6 @@ batch_norm_train.defvjp(_batch_norm_train_forward, _batch_norm_train_backward)
 
 # --- Sub-pixel convolution of a nearest-upsampled input ----------------------------------------
 
-def upsample_nearest(x: Array) -> Array:
-  """x2 nearest-neighbour upsampling of NHWC `x`."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 def conv_upsampled_plain(low: Array, kernel: Array) -> Array:
   """conv3x3_same(upsample_nearest(low), kernel), literally."""
   return conv_nhwc(upsample_nearest(low), kernel, "SAME")
@@ -364,7 +363,7 @@ def conv_upsampled(low: Array, kernel: Array) -> Array:
   concatenations (docs/performance.md, entry 13: a U-Net ifC 16 CPU step at 256x256, batch 4,
   'concat' 693 ms, 'subpixel' 620 ms, 601-618 ms with the hand-written interleave backward).
   Tested against `conv_upsampled_plain` (values and gradients on odd, non-square sizes) and,
-  through `UpsampleConcatConv`, the whole U-Net against the literal concatenation and 3x3
+  through `layers.UpsampleConcatConv`, the whole U-Net against the literal concatenation and 3x3
   convolution (tests/test_models.py).
   """
   n, h, w, _ = low.shape
@@ -438,9 +437,232 @@ def dropout_keep_mask(key: Array, rate: float, shape: Sequence[int]) -> tuple[Ar
   return keep, 1.0 - threshold / 2 ** DROPOUT_BITS
 
 
+# --- Injection into flax's layers --------------------------------------------------------------
+#
+# Each rule below computes one flax layer's call with the kernels of this module, from the
+# layer's own fields and under its own scope, so it creates the same variables (names, shapes,
+# initialisers) as the layer. A rule returns None for a call it does not cover (other settings
+# of the layer), which then runs as flax's own.
+
+
+def _pair(value: int | Sequence[int] | None) -> tuple[int, ...]:
+  if value is None:
+    return (1, 1)
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _plain_conv_fields(conv: nn.Conv) -> bool:
+  """No masking, precision, custom convolution or input dilation: the settings covered here."""
+  return (conv.mask is None and conv.precision is None and conv.conv_general_dilated is None
+          and conv.conv_general_dilated_cls is None
+          and conv.promote_dtype is nn.dtypes.promote_dtype
+          and _pair(conv.input_dilation) == (1, 1))
+
+
+def _explicit_padding(conv: nn.Conv, x: Array, strides, dilation) -> tuple | None:
+  """The convolution's ((top, bottom), (left, right)); lax's 'SAME' is TF's rule."""
+  if isinstance(conv.padding, str):
+    if conv.padding == "VALID":
+      return ((0, 0), (0, 0))
+    if conv.padding != "SAME":
+      return None
+    window = tuple(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, dilation))
+    return tuple(lax.padtype_to_pads(x.shape[1:3], window, strides, "SAME"))
+  # Explicit ((top, bottom), (left, right)); flax's other forms (ints) are left to flax.
+  if (isinstance(conv.padding, int) or len(conv.padding) != 2
+      or not all(isinstance(pair, Sequence) and len(pair) == 2 for pair in conv.padding)):
+    return None
+  return tuple(tuple(pair) for pair in conv.padding)
+
+
+def _conv_parameters(conv: nn.Conv, x: Array, kernel_shape: tuple[int, ...]):
+  """`conv`'s kernel and bias (None without one), promoted with `x` to its compute dtype."""
+  kernel = conv.param("kernel", conv.kernel_init, kernel_shape, conv.param_dtype)
+  bias = (conv.param("bias", conv.bias_init, (conv.features,), conv.param_dtype)
+          if conv.use_bias else None)
+  return nn.dtypes.promote_dtype(x, kernel, bias, dtype=conv.dtype)
+
+
+def _conv_rule(options: KernelOptions, conv: nn.Conv, x: Array, *args, **kwargs) -> Array | None:
+  """A 1x1 stride-1 `nn.Conv` and a depthwise one (depth multiplier 1), in NHWC."""
+  if (args or kwargs or x.ndim != 4 or isinstance(conv.kernel_size, int)
+      or len(conv.kernel_size) != 2 or not _plain_conv_fields(conv)):
+    return None
+  kernel_size, strides = tuple(conv.kernel_size), _pair(conv.strides)
+  dilation, channels = _pair(conv.kernel_dilation), x.shape[-1]
+  pads = _explicit_padding(conv, x, strides, dilation)
+  if pads is None:
+    return None
+  if (kernel_size == (1, 1) and strides == (1, 1) and conv.feature_group_count == 1
+      and pads == ((0, 0), (0, 0))):
+    x, kernel, bias = _conv_parameters(conv, x, (1, 1, channels, conv.features))
+    form = (pointwise_conv_matmul_grads if options.pointwise_grads == "matmul"
+            else pointwise_conv_plain)
+  elif conv.feature_group_count == channels == conv.features > 1:
+    x, kernel, bias = _conv_parameters(conv, x, (*kernel_size, 1, channels))
+    depthwise = (depthwise_conv_shifted if options.depthwise == "shifted"
+                 else depthwise_conv_plain)
+    form = lambda x, kernel: depthwise(x, kernel, strides, dilation, pads)  # noqa: E731
+  else:
+    return None
+  y = form(x, kernel)
+  return y if bias is None else y + bias
+
+
+def _upsample_concat_conv_rule(options: KernelOptions, conv: UpsampleConcatConv, low: Array,
+                               skip: Array | None = None, upsampled: Array | None = None
+                               ) -> Array | None:
+  """'subpixel': conv_upsampled(low) + conv(skip), the two halves of the concatenation's conv.
+
+  Its kernel's first C_low input channels act on the upsampled half through the sub-pixel
+  kernel `conv_upsampled`, the rest on `skip` directly: the same sum in another order.
+  """
+  del upsampled  # the sub-pixel form reads the low-resolution input instead
+  # skip None: the literal form's own nn.Conv call on the concatenation.
+  if (skip is None or options.decoder_conv != "subpixel" or not _plain_conv_fields(conv)
+      or tuple(conv.kernel_size) != (3, 3) or conv.padding != "SAME"
+      or _pair(conv.strides) != (1, 1) or _pair(conv.kernel_dilation) != (1, 1)
+      or conv.feature_group_count != 1):
+    return None
+  if skip.shape[1:3] != (2 * low.shape[1], 2 * low.shape[2]):
+    raise ValueError(f"UpsampleConcatConv: skip {skip.shape} must be twice the size of the "
+                     f"low-resolution input {low.shape}")
+  skip = skip.astype(low.dtype)
+  low_channels = low.shape[-1]
+  kernel = conv.param("kernel", conv.kernel_init,
+                      (3, 3, low_channels + skip.shape[-1], conv.features), conv.param_dtype)
+  bias = (conv.param("bias", conv.bias_init, (conv.features,), conv.param_dtype)
+          if conv.use_bias else None)
+  low, skip, skip_kernel, bias = nn.dtypes.promote_dtype(
+      low, skip, kernel[:, :, low_channels:], bias, dtype=conv.dtype)
+  y = conv_upsampled(low, kernel[:, :, :low_channels])
+  y = y + conv_nhwc(skip, skip_kernel, "SAME")
+  return y if bias is None else y + bias
+
+
+def _batch_norm_rule(options: KernelOptions, bn: nn.BatchNorm, x: Array,
+                     use_running_average: bool | None = None, *,
+                     mask: Array | None = None) -> Array | None:
+  """`nn.BatchNorm` over the last axis through `batch_stats`, `normalize` and the chosen gradient.
+
+  Float32 statistics with the fast E[x^2] - E[x]^2 variance, averaged over `axis_name`'s
+  devices, and flax's running averages, as `nn.BatchNorm` computes them.
+  """
+  if (mask is not None or bn.axis not in (-1, x.ndim - 1) or not (bn.use_bias and bn.use_scale)
+      or bn.axis_index_groups is not None or not bn.use_fast_variance
+      or not bn.force_float32_reductions):
+    return None
+  # Without a dtype flax computes in the promotion of the input and the parameters.
+  dtype = jnp.result_type(x.dtype, bn.param_dtype) if bn.dtype is None else bn.dtype
+  use_running_average = nn.merge_param("use_running_average", bn.use_running_average,
+                                       use_running_average)
+  features = (x.shape[-1],)
+  ra_mean = bn.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+  ra_var = bn.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+  scale = bn.param("scale", bn.scale_init, features, bn.param_dtype)
+  bias = bn.param("bias", bn.bias_init, features, bn.param_dtype)
+  x = x.astype(dtype)
+  scale, bias = scale.astype(jnp.float32), bias.astype(jnp.float32)
+  if use_running_average:
+    return normalize(x, ra_mean.value, ra_var.value, scale, bias, bn.epsilon)[0]
+  axis_name = None if bn.is_initializing() else bn.axis_name
+  train = (batch_norm_train if options.batch_norm_grad == "hand_written"
+           else batch_norm_train_plain)
+  y, mean, var = train(x, scale, bias, bn.epsilon, axis_name)
+  if not bn.is_initializing():
+    mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+    ra_mean.value = bn.momentum * ra_mean.value + (1 - bn.momentum) * mean
+    ra_var.value = bn.momentum * ra_var.value + (1 - bn.momentum) * var
+  return y
+
+
+def _dropout_rule(options: KernelOptions, dropout: nn.Dropout, x: Array,
+                  deterministic: bool | None = None, rng: Array | None = None) -> Array | None:
+  """`nn.Dropout` with its mask from `dropout_keep_mask` (Philox), on every backend.
+
+  Not an option: these masks are the same on every backend and XLA version (the runs so far
+  trained with them), and flax's generator was the slower one on the CPU (entries 12 and 16).
+  Same semantics as `nn.Dropout`: the 'dropout' stream, `deterministic`, kept values scaled so
+  the expected output equals the input.
+  """
+  del options
+  if rng is not None or tuple(dropout.broadcast_dims):
+    return None
+  deterministic = nn.merge_param("deterministic", dropout.deterministic, deterministic)
+  if not 0.0 <= dropout.rate <= 1.0:
+    raise ValueError(f"dropout rate must be in [0, 1], got {dropout.rate!r}")
+  if deterministic or dropout.rate == 0.0:
+    return x
+  if dropout.rate == 1.0:
+    return jnp.zeros_like(x)
+  keep, keep_probability = dropout_keep_mask(dropout.make_rng(dropout.rng_collection),
+                                             dropout.rate, x.shape)
+  return lax.select(keep, x / jnp.asarray(keep_probability, x.dtype), jnp.zeros_like(x))
+
+
+# By exact class: a subclass of a layer may compute something else (UpsampleConcatConv is an
+# nn.Conv whose input differs).
+_RULES: dict[type, Callable[..., Array | None]] = {
+    nn.Conv: _conv_rule,
+    UpsampleConcatConv: _upsample_concat_conv_rule,
+    nn.BatchNorm: _batch_norm_rule,
+    nn.Dropout: _dropout_rule,
+}
+
+
+def _interceptor(options: KernelOptions, next_fun, args, kwargs, context) -> Any:
+  """An `nn.intercept_methods` interceptor: a covered layer call takes its rule's form."""
+  rule = _RULES.get(type(context.module)) if context.method_name == "__call__" else None
+  y = None if rule is None else rule(options, context.module, *args, **kwargs)
+  return next_fun(*args, **kwargs) if y is None else y
+
+
+def intercept(options: KernelOptions):
+  """Context manager: the flax layers called inside compute with `options`' kernels.
+
+  `nn.Conv` (1x1 stride 1; depthwise), `layers.UpsampleConcatConv`, `nn.BatchNorm` and
+  `nn.Dropout` compute through this module's forms, `options` choosing between each one's plain
+  form and its speed form; their other settings, and every other layer, run as flax's own.
+  Variables are unchanged: the same names, shapes and initial values.
+  """
+  return nn.intercept_methods(functools.partial(_interceptor, options))
+
+
+@functools.cache
+def _attached_class(cls: type) -> type:
+  """`cls` with a `kernels` field, computing every call under `intercept(kernels)`."""
+
+  class Attached(cls):
+    kernels: KernelOptions = KernelOptions()
+
+    def __call__(self, *args, **kwargs):
+      with intercept(self.kernels):
+        return super().__call__(*args, **kwargs)
+
+  # The model keeps its class's name and docs (error messages, reprs, isinstance checks).
+  Attached.__name__, Attached.__qualname__ = cls.__name__, cls.__qualname__
+  Attached.__doc__ = cls.__doc__
+  Attached._kernels_base = cls
+  return Attached
+
+
+def attach(model: nn.Module, options: KernelOptions) -> nn.Module:
+  """`model` computing with `options`: the same fields and variables, plus a `kernels` field.
+
+  Its class subclasses `model`'s, so `clone` keeps the kernels (`clone(kernels=...)` changes
+  them) and isinstance checks hold.
+  """
+  if hasattr(type(model), "_kernels_base"):
+    return model.clone(kernels=options)
+  fields = {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+            if field.init and field.name not in ("parent", "name")}
+  return _attached_class(type(model))(**fields, kernels=options)
+
+
 __all__ = [
-    "KernelOptions", "batch_norm_train", "batch_norm_train_plain", "conv_nhwc", "conv_upsampled",
-    "conv_upsampled_plain", "depthwise_conv_plain", "depthwise_conv_shifted",
-    "dropout_keep_mask", "interleave_phases", "interleave_phases_plain", "normalize",
-    "phase_kernels", "pointwise_conv_matmul_grads", "pointwise_conv_plain", "upsample_nearest",
+    "KernelOptions", "attach", "batch_norm_train", "batch_norm_train_plain", "conv_nhwc",
+    "conv_upsampled", "conv_upsampled_plain", "depthwise_conv_plain", "depthwise_conv_shifted",
+    "dropout_keep_mask", "intercept", "interleave_phases", "interleave_phases_plain",
+    "normalize", "phase_kernels", "pointwise_conv_matmul_grads", "pointwise_conv_plain",
+    "upsample_nearest",
 ]

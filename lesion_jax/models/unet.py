@@ -4,7 +4,8 @@ Layout (docs/architecture.md; it reproduces every count of the paper's Table 2):
 - Four levels with f, 2f, 4f, 8f channels (f = ifC, "initial feature channels"), a 16f
   bottleneck, 2x2 max-pool between levels. 3x3 'same' convs with bias, ReLU.
 - Decoder step: nearest x2 upsampling (no parameters) -> concat [upsampled, skip] (the attention
-  variants gate the skip first) -> the level's block.
+  variants gate the skip first) -> the level's block. A 'conv' block gets the parts and joins
+  them in its first convolution (`layers.UpsampleConcatConv`), an R2 block the concatenation.
 - Head: 1x1 conv to `num_classes` logits.
 - `block='conv'` (U-Net, AttU-Net): conv -> Dropout -> conv.
 - `block='recurrent_residual'` (R2U-Net, AttR2U-Net): a 1x1 conv shortcut (when the channel
@@ -23,9 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.kernels import KernelOptions, conv_nhwc, conv_upsampled, upsample_nearest
-from lesion_jax.models.layers import (BatchNorm, BatchNormOptions, Dropout, PointwiseConv,
-                                      check_input_size, max_pool_2x2)
+from lesion_jax.models.layers import (BatchNormOptions, UpsampleConcatConv, check_input_size,
+                                      max_pool_2x2, upsample_nearest)
 
 Array = jax.Array
 
@@ -40,22 +40,24 @@ class ConvUnit(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
+  def __call__(self, x: Array, train: bool = False, skip: Array | None = None,
+               upsampled: Array | None = None) -> Array:
+    """`skip` given: x is the decoder's low-resolution input, upsampled and joined to `skip`."""
+    conv = dict(features=self.features, kernel_size=(3, 3), padding="SAME",
+                use_bias=not self.batch_norm, dtype=self.dtype, param_dtype=jnp.float32,
+                name="conv")
     if skip is None:
-      x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=not self.batch_norm,
-                  dtype=self.dtype, param_dtype=jnp.float32, name="conv")(x)
+      x = nn.Conv(**conv)(x)
     else:
-      x = UpsampleConcatConv(self.features, use_bias=not self.batch_norm, dtype=self.dtype,
-                             name="conv")(x, skip)
+      x = UpsampleConcatConv(**conv)(x, skip, upsampled)
     if self.batch_norm:
       momentum = self.bn_options.momentum
-      x = BatchNorm(use_running_average=not train,
-                    momentum=0.99 if momentum is None else momentum,
-                    axis_name=self.bn_options.axis_name, dtype=self.dtype,
-                    param_dtype=jnp.float32, kernels=self.kernels, name="bn")(x)
+      x = nn.BatchNorm(use_running_average=not train,
+                       momentum=0.99 if momentum is None else momentum,
+                       axis_name=self.bn_options.axis_name, dtype=self.dtype,
+                       param_dtype=jnp.float32, name="bn")(x)
     return nn.relu(x)
 
 
@@ -66,15 +68,15 @@ class ConvBlock(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False, skip: Array | None = None) -> Array:
+  def __call__(self, x: Array, train: bool = False, skip: Array | None = None,
+               upsampled: Array | None = None) -> Array:
     """`skip` given: x is the decoder's low-resolution input, upsampled and joined to `skip`."""
-    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, self.kernels,
-                 name="conv1")(x, train, skip)
-    x = Dropout(self.dropout_rate, deterministic=not train)(x)
-    return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype, self.kernels,
+    x = ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype,
+                 name="conv1")(x, train, skip, upsampled)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return ConvUnit(self.features, self.batch_norm, self.bn_options, self.dtype,
                     name="conv2")(x, train)
 
 
@@ -86,12 +88,11 @@ class RecurrentUnit(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     unit = lambda name: ConvUnit(self.features, self.batch_norm, self.bn_options,  # noqa: E731
-                                 self.dtype, self.kernels, name=name)
+                                 self.dtype, name=name)
     if self.share_weights:
       convs = [unit("conv")] * (self.recurrent_t + 1)
     else:
@@ -115,67 +116,33 @@ class RecurrentResidualBlock(nn.Module):
   batch_norm: bool = False
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if x.shape[-1] != self.features:
-      x = PointwiseConv(self.features, dtype=self.dtype, kernels=self.kernels, name="shortcut")(x)
+      x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
     shortcut = x
     for index in range(self.recurrent_units):
       if index and self.dropout_rate:
-        x = Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = RecurrentUnit(self.features, self.recurrent_t, self.share_weights, self.batch_norm,
-                        self.bn_options, self.dtype, self.kernels,
-                        name=f"recurrent{index + 1}")(x, train)
+                        self.bn_options, self.dtype, name=f"recurrent{index + 1}")(x, train)
     return x + shortcut
 
 
 class AttentionGate(nn.Module):
   """Additive attention gate (Oktay et al.): scales the skip by a one-channel sigmoid map."""
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   @nn.compact
   def __call__(self, skip: Array, gate: Array) -> Array:
     inter = max(gate.shape[-1] // 4, 1)
-    conv = lambda features, name: PointwiseConv(features, dtype=self.dtype,  # noqa: E731
-                                                kernels=self.kernels, name=name)
+    conv = lambda features, name: nn.Conv(features, (1, 1), dtype=self.dtype,  # noqa: E731
+                                          name=name)
     theta = conv(inter, "theta")(skip)
     phi = conv(inter, "phi")(gate)
     psi = nn.sigmoid(conv(1, "psi")(nn.relu(theta + phi)))
     return skip * psi
-
-
-class UpsampleConcatConv(nn.Module):
-  """conv3x3_same(concat([upsample_nearest(low), skip])) without building the concatenation.
-
-  The decoder's first convolution when `KernelOptions.decoder_conv` is 'subpixel'. Holds the
-  same `kernel` (3, 3, C_low + C_skip, F) and `bias` as the `nn.Conv` it replaces, initialised
-  alike, so checkpoints and parameter counts are unchanged. The kernel's first C_low input
-  channels act on the upsampled half through the sub-pixel kernel `kernels.conv_upsampled`, the
-  rest on `skip` directly: the same sum in another order (tests/test_models.py checks the U-Net
-  against the literal form).
-  """
-  features: int
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, low: Array, skip: Array) -> Array:
-    if skip.shape[1:3] != (2 * low.shape[1], 2 * low.shape[2]):
-      raise ValueError(f"UpsampleConcatConv: skip {skip.shape} must be twice the size of the "
-                       f"low-resolution input {low.shape}")
-    low_channels = low.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (3, 3, low_channels + skip.shape[-1], self.features), jnp.float32)
-    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-            if self.use_bias else None)
-    low, skip, skip_kernel, bias = nn.dtypes.promote_dtype(
-        low, skip, kernel[:, :, low_channels:], bias, dtype=self.dtype)
-    y = conv_upsampled(low, kernel[:, :, :low_channels])
-    y = y + conv_nhwc(skip, skip_kernel, "SAME")
-    return y if bias is None else y + bias
 
 
 class UNet(nn.Module):
@@ -193,11 +160,6 @@ class UNet(nn.Module):
     num_classes: logit channels.
     bn_options: BatchNorm momentum / pmap axis overrides (used when batch_norm is on).
     dtype: compute dtype (params float32, logits returned as float32).
-    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
-      Its `decoder_conv` says how a 'conv' block computes its first convolution of
-      concat([upsampled, skip]): 'concat' literally, 'subpixel' through `UpsampleConcatConv`
-      (same parameters and numbers, fewer operations). The R2 blocks always use the literal
-      form.
   """
   ifc: int = 32
   block: str = "conv"
@@ -210,7 +172,6 @@ class UNet(nn.Module):
   num_classes: int = 1
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
-  kernels: KernelOptions = KernelOptions()
 
   def __post_init__(self):
     if not isinstance(self.ifc, int) or isinstance(self.ifc, bool) or self.ifc < 1:
@@ -234,11 +195,10 @@ class UNet(nn.Module):
   def _block(self, features: int, name: str) -> nn.Module:
     if self.block == "conv":
       return ConvBlock(features, self.dropout_rate, self.batch_norm, self.bn_options, self.dtype,
-                       self.kernels, name=name)
+                       name=name)
     return RecurrentResidualBlock(features, self.recurrent_units, self.recurrent_t,
                                   self.share_recurrent_weights, self.dropout_rate,
-                                  self.batch_norm, self.bn_options, self.dtype, self.kernels,
-                                  name=name)
+                                  self.batch_norm, self.bn_options, self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -251,16 +211,17 @@ class UNet(nn.Module):
       skips.append(x)
       x = max_pool_2x2(x)
     x = self._block(self.ifc * 2 ** LEVELS, "bottleneck")(x, train)
-    subpixel = self.block == "conv" and self.kernels.decoder_conv == "subpixel"
     for level in reversed(range(LEVELS)):
       block = self._block(self.ifc * 2 ** level, f"decoder{level + 1}")
       low, x = x, upsample_nearest(x)
       skip = skips[level]
       if self.attention:
-        skip = AttentionGate(self.dtype, self.kernels, name=f"attention{level + 1}")(skip, x)
-      if subpixel:  # the same block, without materialising the upsampled concatenation
-        x = block(low, train, skip=skip.astype(low.dtype))
-      else:
+        skip = AttentionGate(self.dtype, name=f"attention{level + 1}")(skip, x)
+      if self.block == "conv":
+        # The parts, not their concatenation: the block's first convolution joins them
+        # (layers.UpsampleConcatConv), which lets kernels.py skip building it.
+        x = block(low, train, skip=skip, upsampled=x)
+      else:  # the R2 block reads its input in the shortcut and in every recurrent step
         x = block(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1), train)
-    x = PointwiseConv(self.num_classes, dtype=self.dtype, kernels=self.kernels, name="head")(x)
+    x = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

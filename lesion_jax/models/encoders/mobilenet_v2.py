@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.kernels import KernelOptions
 from lesion_jax.models.layers import BatchNormOptions, ConvBN, relu6
 
 Array = jax.Array
@@ -98,14 +97,13 @@ class InvertedResidual(nn.Module):
   expand: bool
   strides: int = 1
   dilation: int = 1
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
     common = dict(bn_epsilon=KERAS_BN_EPSILON, bn_momentum=KERAS_BN_MOMENTUM,
-                  bn_options=self.bn_options, kernels=self.kernels, dtype=self.dtype)
+                  bn_options=self.bn_options, dtype=self.dtype)
     inputs = x
     if self.expand:
       x = ConvBN(self.expanded, 1, activation=relu6, name="expand", **common)(x, train)
@@ -125,12 +123,10 @@ class MobileNetV2Encoder(nn.Module):
     alpha: width multiplier (> 0). Keras publishes ImageNet weights for 0.35, 0.5, 0.75, 1.0,
       1.3 and 1.4.
     output_stride: 8 or 16 for DeepLab; 32 builds Keras's network unchanged (no atrous).
-    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
     dtype: compute dtype (params stay float32).
   """
   alpha: float = 1.0
   output_stride: int = 16
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -149,13 +145,13 @@ class MobileNetV2Encoder(nn.Module):
     stem, widths = block_widths(self.alpha)
     schedule = block_strides_and_rates(self.output_stride)
     x = ConvBN(stem, 3, strides=2, activation=relu6, bn_epsilon=KERAS_BN_EPSILON,
-               bn_momentum=KERAS_BN_MOMENTUM, bn_options=self.bn_options, kernels=self.kernels,
-               dtype=self.dtype, name="Conv1")(x, train)
+               bn_momentum=KERAS_BN_MOMENTUM, bn_options=self.bn_options, dtype=self.dtype,
+               name="Conv1")(x, train)
     features = {}
     for index, ((expanded, out), (stride, rate)) in enumerate(zip(widths, schedule)):
       x, depthwise_output = InvertedResidual(
           expanded, out, expand=index > 0, strides=stride, dilation=rate,
-          kernels=self.kernels, bn_options=self.bn_options, dtype=self.dtype,
+          bn_options=self.bn_options, dtype=self.dtype,
           name=f"block_{index}")(x, train)
       if index == LOW_LEVEL_BLOCK:
         features[4] = depthwise_output

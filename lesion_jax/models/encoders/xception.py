@@ -23,7 +23,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models.kernels import KernelOptions
 from lesion_jax.models.layers import BatchNormOptions, ConvBN, fixed_padding
 
 Array = jax.Array
@@ -61,7 +60,6 @@ class XceptionSeparableConv(nn.Module):
   strides: int = 1
   dilation: int = 1
   relu_inside: bool = False
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -76,7 +74,7 @@ class XceptionSeparableConv(nn.Module):
       pad = fixed_padding(3, self.dilation)
       padding = (pad, pad)
     common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, bn_options=self.bn_options,
-                  kernels=self.kernels, dtype=self.dtype)
+                  dtype=self.dtype)
     x = ConvBN(x.shape[-1], 3, strides=self.strides, dilation=self.dilation, padding=padding,
                activation=activation, depthwise=True, name="depthwise", **common)(x, train)
     return ConvBN(self.features, 1, activation=activation, name="pointwise", **common)(x, train)
@@ -92,7 +90,6 @@ class XceptionModule(nn.Module):
   strides: int = 1
   dilation: int = 1
   relu_inside: bool = False
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -103,15 +100,14 @@ class XceptionModule(nn.Module):
     for index, depth in enumerate(self.depths):
       x = XceptionSeparableConv(
           depth, strides=self.strides if index == 2 else 1, dilation=self.dilation,
-          relu_inside=self.relu_inside, kernels=self.kernels, bn_options=self.bn_options,
-          dtype=self.dtype,
+          relu_inside=self.relu_inside, bn_options=self.bn_options, dtype=self.dtype,
           name=f"separable_conv{index + 1}")(x, train)
       if index == 1:
         second = x
     if self.shortcut == "conv":
       x = x + ConvBN(self.depths[-1], 1, strides=self.strides, activation=None,
                      bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM,
-                     bn_options=self.bn_options, kernels=self.kernels, dtype=self.dtype,
+                     bn_options=self.bn_options, dtype=self.dtype,
                      name="shortcut")(inputs, train)
     elif self.shortcut == "sum":
       x = x + inputs
@@ -126,12 +122,10 @@ class Xception65Encoder(nn.Module):
   Attributes:
     output_stride: 8 or 16.
     middle_flow_units: 16 in Xception-65; fewer only to make tests and smoke runs cheap.
-    kernels: the speed kernels to compute with (`KernelOptions`; the plain forms by default).
     dtype: compute dtype (params stay float32).
   """
   output_stride: int = 16
   middle_flow_units: int = MIDDLE_FLOW_UNITS
-  kernels: KernelOptions = KernelOptions()
   bn_options: BatchNormOptions = BatchNormOptions()
   dtype: Any = jnp.float32
 
@@ -150,7 +144,7 @@ class Xception65Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[int, Array]:
     common = dict(bn_epsilon=BN_EPSILON, bn_momentum=BN_MOMENTUM, bn_options=self.bn_options,
-                  kernels=self.kernels, dtype=self.dtype)
+                  dtype=self.dtype)
     pad = fixed_padding(3)
     x = ConvBN(32, 3, strides=2, padding=(pad, pad), name="entry_flow_conv1_1", **common)(x, train)
     x = ConvBN(64, 3, name="entry_flow_conv1_2", **common)(x, train)
@@ -159,7 +153,7 @@ class Xception65Encoder(nn.Module):
         self.output_stride, self.middle_flow_units):
       x, second = XceptionModule(
           depths, shortcut=shortcut, strides=stride, dilation=rate, relu_inside=relu_inside,
-          kernels=self.kernels, bn_options=self.bn_options, dtype=self.dtype,
+          bn_options=self.bn_options, dtype=self.dtype,
           name=name)(x, train)
       if name == "entry_flow_block2":
         features[4] = second
