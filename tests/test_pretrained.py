@@ -243,7 +243,7 @@ def _random_keras_mobilenet_v2(keras, alpha, shape, seed):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own numpy-2 copy warning
 @pytest.mark.parametrize("alpha", [0.35, 1.0])
 def test_keras_mobilenet_v2_features_match(alpha, tmp_path):
-  # Keras is the reference whatever backend it was first imported with (JAX by default here).
+  # Keras is the reference whatever backend it runs on (TensorFlow's here: tests/conftest.py).
   keras = pytest.importorskip("keras")
   h5py = pytest.importorskip("h5py")
   shape = (64, 96, 3)
