@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny end-to-end config and a session-wide tfds data dir."""
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,7 +31,9 @@ TRAINED_RUN_FIXTURES = {"tiny_run", "averaged_run", "averaged_run_levers"}
 # The files that take longest (pytest --durations, 2 workers on 2 cores), longest first. xdist
 # (`make test`: --dist loadfile) hands whole files to the workers in collection order, so these
 # start first and the short files fill in at the end, instead of a long file starting last.
-LONGEST_FILES = ("test_preemption.py", "test_faults.py", "test_models.py", "test_train.py",
+# test_faults.py trains the tiny run and the averaged run first, and test_models.py compiles
+# only its own programs meanwhile: the files after them find both runs' steps compiled.
+LONGEST_FILES = ("test_faults.py", "test_models.py", "test_train.py", "test_preemption.py",
                  "test_trained.py", "test_parallel.py", "test_benchmark.py",
                  "test_isic2017_config.py", "test_pretrained.py", "test_transfer.py",
                  "test_config.py", "test_builders_real_data.py", "test_augment.py",
@@ -49,6 +52,22 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.slow)
   rank = {name: i for i, name in enumerate(LONGEST_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
+@contextlib.contextmanager
+def quick_compile():
+  """XLA compiles with most optimisations off (~35% less compile time on a CPU, slower code),
+  for runs that compile programs of their own and check no number a compilation could change.
+  JAX's in-process jit cache does not key on the setting: use it only for programs (model, size,
+  optimiser) no other test compares numbers of."""
+  import jax
+
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def load_config_module(*parts: str):
@@ -144,14 +163,18 @@ def with_tiny_steps(config, data_dir: str):
   return config
 
 
+# Two steps a call as well: the loop's k-step path, whose compiled scan then serves every run
+# with these settings (tests/test_train.py compares its logging with the tiny run's one step).
 AVERAGED_RUN = {"training.num_epochs": 4, "optimizer.cycle_epochs": 2.0,
-                "optimizer.cycle_mult": 1.0, "checkpoint.keep": 10, "training.ema_decay": 0.9}
+                "optimizer.cycle_mult": 1.0, "checkpoint.keep": 10, "training.ema_decay": 0.9,
+                "training.steps_per_dispatch": 2}
 
 
 @pytest.fixture(scope="session")
 def averaged_run(data_dir, tmp_path_factory):
   """(workdir, results) of a tiny finished run that kept every checkpoint and a weight average:
-  four epochs in two SGDR cycles of two. Shared by the tests that only need some such run."""
+  four epochs in two SGDR cycles of two, two steps a call. Shared by the tests that only need
+  some such run."""
   from lesion_jax import train
 
   config = tiny_config(data_dir, **AVERAGED_RUN)

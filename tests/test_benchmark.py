@@ -18,7 +18,7 @@ import pytest
 
 from lesion_jax import benchmark, losses, train
 from lesion_jax import parallel
-from tests.conftest import load_config_module, tiny_config
+from tests.conftest import load_config_module, quick_compile, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = (3, 8, 8, 1)  # input, two hidden layers, logits
@@ -42,8 +42,10 @@ class ConvNet(nn.Module):
 
 @functools.lru_cache(maxsize=None)
 def conv_net_state(image_size: int):
-  """One initialisation per session: initialising (threefry) compiles for seconds on a CPU."""
-  return _INITIAL_STATE(ConvNet(), image_size)
+  """One initialisation per session: initialising (threefry) compiles for seconds on a CPU,
+  a third of that with XLA's quick settings (what is measured is the steps, not the draws)."""
+  with quick_compile():
+    return _INITIAL_STATE(ConvNet(), image_size)
 
 
 def use_conv_net(monkeypatch):
@@ -118,7 +120,8 @@ def test_flops_of_a_small_model_equal_the_hand_count():
   """The forward of ConvNet, counted on the program JAX lowers (before any backend rewrite)."""
   for side in (16, 32):
     x = jnp.zeros((1, side, side, 3))
-    variables = ConvNet().init(jax.random.key(0), x)
+    # Only shapes: lowering is all the count needs, and drawing weights would compile.
+    variables = jax.eval_shape(ConvNet().init, jax.random.key(0), x)
     flops = benchmark.count_flops(lambda v, images: ConvNet().apply(v, images), variables, x)
     # A 3x3 'same' convolution multiplies and adds over the taps inside the image only:
     # (3S - 2) of the 3S (output, tap) pairs of each axis. Then a bias add per output and a
@@ -213,7 +216,9 @@ from lesion_jax import benchmark
 from tests import test_benchmark as t
 mp = pytest.MonkeyPatch()
 t.use_conv_net(mp)
-config = t.bench_config(sys.argv[1], **{"benchmark.device_sweep": True,
+# Neither the pipeline nor the loop alone (test_benchmark_writes_json... times both): the loop
+# would compile its own initialisation and steps for the four devices.
+config = t.bench_config(sys.argv[1], **{"benchmark.device_sweep": True, "benchmark.loop": False,
                                         "benchmark.pipeline_batches": 0})
 rows = benchmark.run_benchmark(config, sys.argv[2])
 print("ROWS", json.dumps(rows))

@@ -111,7 +111,7 @@ def test_depthwise_nn_conv_takes_the_chosen_form_with_its_own_parameters(impleme
   layer = depthwise_conv(strides=2)
   params = layer.init(jax.random.key(2), x)
   # The same variables and initial values as flax's; the kernel has the grouped layout.
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
+  assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), params,
                                    with_kernels(kernels, layer.init)(jax.random.key(2), x)))
   assert params["params"]["kernel"].shape == (3, 3, 1, CHANNELS)
   injected = with_kernels(kernels, layer.apply)

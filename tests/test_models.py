@@ -152,12 +152,14 @@ def test_forward_and_backward_on_non_square_input(name):
   (loss_b, _), _ = loss_and_grads(params, jax.random.key(2, impl="rbg"))
   assert logits.shape == (BATCH, HEIGHT, WIDTH, 1)
   assert logits.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(logits)))
+  assert np.all(np.isfinite(logits))
   # Every block takes part: each top-level submodule gets a non-zero gradient (single leaves
-  # may legitimately get none, e.g. behind a dead ReLU in a 2-channel attention gate).
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+  # may legitimately get none, e.g. behind a dead ReLU in a 2-channel attention gate). Checked
+  # in NumPy: a jnp check per leaf would compile a program per leaf shape.
+  grads = jax.device_get(grads)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
   for module, subtree in grads.items():
-    largest = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(subtree))
+    largest = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(subtree))
     assert largest > 0, f"no gradient reaches {module}"
   if name in HAS_DROPOUT:
     assert float(loss_a) != float(loss_b)  # the dropout rng is used...
@@ -412,7 +414,7 @@ def test_decoder_conv_choice_by_backend_and_unknown_names(monkeypatch):
   # The same initial values as the nn.Conv of the concatenation, given the same key.
   from flax import linen as nn
   joined = jnp.concatenate([layers.upsample_nearest(low), skip], -1)
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
+  assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), variables,
                                    nn.Conv(5, (3, 3)).init(jax.random.key(0), joined)))
   literal = nn_conv_same(joined, variables["params"]["kernel"]) + variables["params"]["bias"]
   apply = intercepted(subpixel, layer.apply)
@@ -469,7 +471,7 @@ def test_pointwise_conv_equals_flax_1x1_conv_in_parameters_values_and_gradients(
   # The reference is the same nn.Conv computed by flax.
   layer = nn.Conv(4, (1, 1))
   variables = layer.init(jax.random.key(0), x)
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), variables,
+  assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), variables,
                                    intercepted(kernels, layer.init)(jax.random.key(0), x)))
   apply = intercepted(kernels, layer.apply)
   assert_replaced(apply, layer.apply, variables, x)
@@ -505,7 +507,7 @@ def test_batch_norm_matches_flax_in_values_gradients_running_averages_and_across
   injected = intercepted(kernels, train_mode)
   init = lambda key, x: module.init(key, x, use_running_average=False)  # noqa: E731
   assert jax.tree.all(jax.tree.map(  # same variables, same initial values
-      lambda a, b: bool(jnp.array_equal(a, b)),
+      lambda a, b: np.array_equal(a, b),
       init(jax.random.key(0), x), intercepted(kernels, init)(jax.random.key(0), x)))
   assert_replaced(injected, train_mode, params, x)
   results = []

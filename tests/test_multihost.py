@@ -1,12 +1,12 @@
 """Two processes on one machine train as one process with all their devices would (slow).
 
 Each test run starts real `jax.distributed` processes on localhost: a reference with one process
-and 4 CPU devices, then two processes with 2 CPU devices each, joined over gloo. Both drive the
-pieces `train_and_evaluate` uses (create_train_state, parallel.pmap_train_step, the grain
-training batches sharded by process, evaluation.evaluate, RunCheckpoints) on a two-conv model small
-enough to compile in a second, and dump what they saw as JSON. The processes must end with
-identical parameters, see the losses of the single process, gather every evaluation image
-exactly once, and save a checkpoint together.
+and 4 CPU devices, and at the same time two processes with 2 CPU devices each, joined over
+gloo. Both drive the pieces `train_and_evaluate` uses (create_train_state,
+parallel.pmap_train_step, the grain training batches sharded by process, evaluation.evaluate,
+RunCheckpoints) on a two-conv model small enough to compile in a second, and dump what they saw
+as JSON. The processes must end with identical parameters, see the losses of the single
+process, gather every evaluation image exactly once, and save a checkpoint together.
 
 This file is also the worker: `python tests/test_multihost.py NUM_PROCESSES PROCESS_ID PORT
 LOCAL_DEVICES OUT_DIR`.
@@ -86,8 +86,12 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
 
   devices = parallel.local_devices()
   loss_fn = losses.get_loss("dice")
+  # The initialisation compiles with XLA's quick settings (its random draws take seconds
+  # otherwise): every process draws the same weights all the same.
+  jax.config.update("jax_disable_most_optimizations", True)
   state = train.create_train_state(TwoConvs(), optax.adam(1e-2), jax.random.PRNGKey(0),
                                    IMAGE_SIZE)
+  jax.config.update("jax_disable_most_optimizations", False)
   # Augmentation on: its draws follow the global device index, the same in both layouts.
   p_train = parallel.pmap_train_step(functools.partial(
       train.train_step, loss_fn=loss_fn,
@@ -141,29 +145,25 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(num_processes: int, local_devices: int, out_dir) -> list[dict]:
+def _start_processes(num_processes: int, local_devices: int, out_dir) -> list:
   os.makedirs(out_dir, exist_ok=True)
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), str(num_processes), str(i), str(port),
        str(local_devices), str(out_dir)],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(num_processes)]
-  logs = []
-  try:
-    for proc in procs:
-      logs.append(proc.communicate(timeout=240)[0])
-  finally:
-    for proc in procs:  # one failed process would leave the other waiting at a barrier
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+
+
+def _results(procs: list, out_dir) -> list[dict]:
+  """What each of the started processes dumped, once all have ended."""
+  logs = [proc.communicate(timeout=240)[0] for proc in procs]
   for i, proc in enumerate(procs):
-    assert proc.returncode == 0, f"process {i} of {num_processes} failed:\n{logs[i][-4000:]}"
+    assert proc.returncode == 0, f"process {i} of {len(procs)} failed:\n{logs[i][-4000:]}"
   results = []
-  for i in range(num_processes):
+  for i in range(len(procs)):
     with open(os.path.join(out_dir, f"process{i}.json")) as f:
       results.append(json.load(f))
   return results
@@ -173,8 +173,19 @@ def _run_processes(num_processes: int, local_devices: int, out_dir) -> list[dict
 def test_two_processes_train_like_one_process_with_all_devices(tmp_path):
   import numpy as np
 
-  (single,) = _run_processes(1, 4, tmp_path / "single")
-  first, second = _run_processes(2, 2, tmp_path / "pair")
+  # All three at once: while the pair waits on each other, the reference computes.
+  runs = {"single": (1, 4), "pair": (2, 2)}
+  procs = {}
+  try:
+    for name, (num_processes, local_devices) in runs.items():
+      procs[name] = _start_processes(num_processes, local_devices, tmp_path / name)
+    (single,) = _results(procs["single"], tmp_path / "single")
+    first, second = _results(procs["pair"], tmp_path / "pair")
+  finally:
+    for proc in sum(procs.values(), []):  # a failed process would leave another at a barrier
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
   assert [r["process_index"] for r in (first, second)] == [0, 1]
   assert first["process_count"] == 2 and first["global_devices"] == 4

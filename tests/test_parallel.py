@@ -19,15 +19,23 @@ from lesion_jax.data import pipeline
 rng = np.random.default_rng(0)
 images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
 masks = (rng.random((4, 32, 32, 1)) > 0.6).astype(np.float32)
+# Dropout off: its masks depend on how the batch is split; BatchNorm reduces over all devices.
+# A narrow U-Net with BatchNorm after every conv: quick to compile, and BN everywhere.
+model = models.create_model("unet", ifc=16, dropout_rate=0.0, batch_norm=True,
+                            bn_axis_name=parallel.AXIS_NAME).clone(ifc=4)
+# Plain SGD: Adam's first steps divide each gradient by its own magnitude, which turns the
+# last-bit differences of a different summation order into visible ones for tiny gradients.
+# One initial state for all three runs. Its initialisation compiles with XLA's quick settings
+# (~4x quicker than the optimised ~20 s for the weights' random draws); the steps compile as
+# they do in training.
+jax.config.update("jax_disable_most_optimizations", True)
+state = train.create_train_state(model, optax.sgd(0.01), jax.random.PRNGKey(0), 32)
+jax.config.update("jax_disable_most_optimizations", False)
+# Kept on the host: replicating device arrays stacks and slices them on a device, a small
+# program for every leaf shape and device count (seconds in all).
+state = jax.device_get(state)
 out = {}
 for n in (1, 2, 4):
-  # Dropout off: its masks depend on how the batch is split; BatchNorm reduces over all devices.
-  # A narrow U-Net with BatchNorm after every conv: quick to compile, and BN everywhere.
-  model = models.create_model("unet", ifc=16, dropout_rate=0.0, batch_norm=True,
-                              bn_axis_name=parallel.AXIS_NAME).clone(ifc=4)
-  # Plain SGD: Adam's first steps divide each gradient by its own magnitude, which turns the
-  # last-bit differences of a different summation order into visible ones for tiny gradients.
-  state = train.create_train_state(model, optax.sgd(0.01), jax.random.PRNGKey(0), 32)
   devices = parallel.local_devices(n)
   step = parallel.pmap_train_step(
       functools.partial(train.train_step, loss_fn=losses.get_loss("dice")), devices)

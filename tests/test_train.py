@@ -176,11 +176,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(finished_run, data_dir, 
                                                         kill_after_checkpoints):
   _, uninterrupted = finished_run
   workdir = tmp_path / "killed"
+  # A checkpoint every 3 steps, not every step: a save costs ~0.4 s, and the kill then leaves
+  # more logged steps after the last save for the resumed run to replay.
   args = [sys.executable, "-c", (
       "import sys; sys.path.insert(0, %r)\n"
       "from tests.conftest import tiny_config\n"
       "from lesion_jax import train\n"
-      "config = tiny_config(%r, **{'checkpoint.every_steps': 1})\n"
+      "config = tiny_config(%r, **{'checkpoint.every_steps': 3})\n"
       "train.train_and_evaluate(config, %r)\n") % (REPO, data_dir, str(workdir))]
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -196,7 +198,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(finished_run, data_dir, 
   assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
   assert not (workdir / "results.json").exists()
   resumed = train.train_and_evaluate(
-      tiny_config(data_dir, **{"checkpoint.every_steps": 1}), str(workdir))
+      tiny_config(data_dir, **{"checkpoint.every_steps": 3}), str(workdir))
   assert resumed["test"] == uninterrupted["test"]
   assert resumed["threshold"] == uninterrupted["threshold"]
   # The steps logged after the last checkpoint were replayed, and appear once.
@@ -283,16 +285,24 @@ def test_k_steps_per_dispatch_give_the_parameters_of_k_single_steps():
 
 
 def test_a_run_with_two_steps_per_dispatch_logs_and_evaluates_at_the_same_steps(
-    finished_run, data_dir, tmp_path):
-  workdir, one_per_call = finished_run
-  two_per_call = train.train_and_evaluate(
-      tiny_config(data_dir, **{"training.steps_per_dispatch": 2}), str(tmp_path / "two"))
-  assert two_per_call["training"]["steps"] == one_per_call["training"]["steps"] == 14
+    finished_run, averaged_run):
+  """The averaged run makes two steps a call (conftest.AVERAGED_RUN), the tiny run one; they log
+  every 2 steps and evaluate every 7 (an epoch), and start from the same weights and batches."""
+  (workdir, one_per_call), (two_workdir, two_per_call) = finished_run, averaged_run
+  assert one_per_call["training"]["steps"] == 14 and two_per_call["training"]["steps"] == 28
   one, two = ([json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
-              for w in (workdir, tmp_path / "two"))
-  assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
-  # The first two steps are one call: the same losses to float tolerance. (Later steps drift
-  # apart by more: Adam's first updates are nearly sign(gradient), which turns float noise in
-  # near-zero gradients into whole learning-rate steps; test_k_steps... checks the math.)
+              for w in (workdir, two_workdir))
+  keys = [(r["kind"], r["step"]) for r in two]
+  # Over the tiny run's 14 steps, the same rows in the same order; then on to step 28 so: the
+  # losses at every 2nd step and before each evaluation, which comes every 7th.
+  assert keys[:len(one)] == [(r["kind"], r["step"]) for r in one]
+  assert len(keys) == len(set(keys))
+  evaluations = {7, 14, 21, 28}
+  assert set(keys) == ({("train", s) for s in set(range(2, 29, 2)) | evaluations}
+                       | {("validation", s) for s in evaluations})
+  # The first two steps are one call: the same losses to float tolerance (the first update is
+  # the same: the same peak learning rate; the weight average changes no weight). Later steps
+  # drift apart by more: their schedules differ, and Adam's first updates are nearly
+  # sign(gradient), which turns float noise in near-zero gradients into whole learning-rate
+  # steps; test_k_steps... checks the math.
   assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
-
