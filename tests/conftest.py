@@ -1,5 +1,4 @@
 """Shared test fixtures: a tiny end-to-end config and a session-wide tfds data dir."""
-import contextlib
 import importlib.util
 import json
 import os
@@ -13,6 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Most of the suite's time is XLA compiling tiny programs once. With most of XLA's optimisations
+# off they compile ~35% quicker and run slower, which tiny shapes do not notice; what the tests
+# check (values against NumPy or a plain form, with tolerances; shapes; files; decisions) does
+# not depend on them. The speed of the compiled code is the benchmarks' business (docs/). A test
+# may still compile optimised programs: tests/test_parallel.py's steps do.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Keras (the reference of tests/test_pretrained.py) initialises weights op by op: on its JAX
 # backend every weight shape compiles (~30 s for two MobileNetV2s), on TensorFlow's not (~10 s).
 if importlib.util.find_spec("tensorflow") is not None:
@@ -52,22 +57,6 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.slow)
   rank = {name: i for i, name in enumerate(LONGEST_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
-
-@contextlib.contextmanager
-def quick_compile():
-  """XLA compiles with most optimisations off (~35% less compile time on a CPU, slower code),
-  for runs that compile programs of their own and check no number a compilation could change.
-  JAX's in-process jit cache does not key on the setting: use it only for programs (model, size,
-  optimiser) no other test compares numbers of."""
-  import jax
-
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def load_config_module(*parts: str):

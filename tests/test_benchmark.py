@@ -18,7 +18,7 @@ import pytest
 
 from lesion_jax import benchmark, losses, train
 from lesion_jax import parallel
-from tests.conftest import load_config_module, quick_compile, tiny_config
+from tests.conftest import load_config_module, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = (3, 8, 8, 1)  # input, two hidden layers, logits
@@ -42,10 +42,8 @@ class ConvNet(nn.Module):
 
 @functools.lru_cache(maxsize=None)
 def conv_net_state(image_size: int):
-  """One initialisation per session: initialising (threefry) compiles for seconds on a CPU,
-  a third of that with XLA's quick settings (what is measured is the steps, not the draws)."""
-  with quick_compile():
-    return _INITIAL_STATE(ConvNet(), image_size)
+  """One initialisation per session: initialising (threefry) compiles for seconds on a CPU."""
+  return _INITIAL_STATE(ConvNet(), image_size)
 
 
 def use_conv_net(monkeypatch):

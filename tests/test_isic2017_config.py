@@ -8,7 +8,7 @@ import pytest
 from lesion_jax import spec
 from lesion_jax import optim
 from lesion_jax import train
-from tests.conftest import load_config_module, quick_compile, tiny_config
+from tests.conftest import load_config_module, tiny_config
 
 
 def load():
@@ -84,10 +84,7 @@ def test_a_run_at_a_non_square_size_with_augmentation_and_tta(data_dir, tmp_path
       "data.augment.elastic_pixels": 2.0, "data.augment.brightness": 0.2,
       "data.augment.hue": 0.05})
   workdir = tmp_path / "wide"
-  # Its own programs at every stage (init, train, evaluation, TTA, overlays), where nothing
-  # checked below is a number: XLA compiles them with most optimisations off, ~35% faster.
-  with quick_compile():
-    results = train.train_and_evaluate(config, str(workdir))
+  results = train.train_and_evaluate(config, str(workdir))
   assert results["test"]["synthetic_lesions/dermoscopic"]["n_images"] == 8
   from PIL import Image
 

@@ -86,12 +86,8 @@ def worker(num_processes: int, process_id: int, port: int, local_devices: int,
 
   devices = parallel.local_devices()
   loss_fn = losses.get_loss("dice")
-  # The initialisation compiles with XLA's quick settings (its random draws take seconds
-  # otherwise): every process draws the same weights all the same.
-  jax.config.update("jax_disable_most_optimizations", True)
   state = train.create_train_state(TwoConvs(), optax.adam(1e-2), jax.random.PRNGKey(0),
                                    IMAGE_SIZE)
-  jax.config.update("jax_disable_most_optimizations", False)
   # Augmentation on: its draws follow the global device index, the same in both layouts.
   p_train = parallel.pmap_train_step(functools.partial(
       train.train_step, loss_fn=loss_fn,

@@ -25,10 +25,9 @@ model = models.create_model("unet", ifc=16, dropout_rate=0.0, batch_norm=True,
                             bn_axis_name=parallel.AXIS_NAME).clone(ifc=4)
 # Plain SGD: Adam's first steps divide each gradient by its own magnitude, which turns the
 # last-bit differences of a different summation order into visible ones for tiny gradients.
-# One initial state for all three runs. Its initialisation compiles with XLA's quick settings
-# (~4x quicker than the optimised ~20 s for the weights' random draws); the steps compile as
-# they do in training.
-jax.config.update("jax_disable_most_optimizations", True)
+# One initial state for all three runs, its initialisation compiled as the rest of the suite's
+# (tests/conftest.py: most XLA optimisations off). The steps compile optimised, as in training:
+# unoptimised, their replicas once came out different ("replicas diverged", not reproduced).
 state = train.create_train_state(model, optax.sgd(0.01), jax.random.PRNGKey(0), 32)
 jax.config.update("jax_disable_most_optimizations", False)
 # Kept on the host: replicating device arrays stacks and slices them on a device, a small

@@ -9,7 +9,7 @@ import pytest
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import optim, runs, train, transfer
 from lesion_jax.errors import ConfigError
-from tests.conftest import quick_compile, tiny_config
+from tests.conftest import tiny_config
 
 
 def test_merge_takes_loaded_values_and_keeps_dont_load_fresh():
@@ -143,10 +143,7 @@ def test_init_from_run(data_dir, tmp_path, source_dir):
 
   train._init_from_run = spy
   try:
-    # The frozen parameter makes another optimiser, so new steps: what is compared below is
-    # loaded (exact) or left alone by a zero update (exact at any optimisation level).
-    with quick_compile():
-      results = train.train_and_evaluate(config, target_dir)
+    results = train.train_and_evaluate(config, target_dir)
   finally:
     train._init_from_run = real_init
 
@@ -174,9 +171,7 @@ def test_init_from_run(data_dir, tmp_path, source_dir):
 def test_init_from_shape_mismatch_names_the_parameter(data_dir, tmp_path, source_dir):
   config = tiny_config(data_dir, **{"training.num_epochs": 1, "model.alpha": 0.5})
   config.init_from = source_dir
-  # The other model's initialisation compiles before the comparison fails.
-  with quick_compile(), pytest.raises(
-      ValueError, match="(?s)shape mismatch:.*params/.*kernel: model"):
+  with pytest.raises(ValueError, match="(?s)shape mismatch:.*params/.*kernel: model"):
     train.train_and_evaluate(config, str(tmp_path / "target"))
 
 
