@@ -38,11 +38,11 @@ TRAINED_RUN_FIXTURES = {"tiny_run", "averaged_run", "averaged_run_levers"}
 # start first and the short files fill in at the end, instead of a long file starting last.
 # test_faults.py trains the tiny run and the averaged run first, and test_models.py compiles
 # only its own programs meanwhile: the files after them find both runs' steps compiled.
-LONGEST_FILES = ("test_faults.py", "test_models.py", "test_train.py", "test_preemption.py",
-                 "test_trained.py", "test_parallel.py", "test_benchmark.py",
-                 "test_isic2017_config.py", "test_pretrained.py", "test_transfer.py",
-                 "test_config.py", "test_builders_real_data.py", "test_augment.py",
-                 "test_sweep.py", "test_multihost.py", "test_levers.py")
+LONGEST_FILES = ("test_faults.py", "test_models.py", "test_train.py", "test_trained.py",
+                 "test_preemption.py", "test_isic2017_config.py", "test_builders_real_data.py",
+                 "test_augment.py", "test_transfer.py", "test_config.py", "test_sweep.py",
+                 "test_parallel.py", "test_benchmark.py", "test_pretrained.py", "test_levers.py",
+                 "test_export.py", "test_multihost.py")
 
 
 def pytest_configure(config):
