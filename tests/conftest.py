@@ -121,6 +121,17 @@ def tiny_run(data_dir, tmp_path_factory):
   return workdir, train.train_and_evaluate(tiny_config(data_dir), workdir)
 
 
+def tiny_config_file(folder, data_dir: str, changes: dict | None = None) -> str:
+  """FOLDER/tiny.py, a config file for launch.py of `tiny_config(data_dir, **changes)`, for the
+  tests that start a run in another process."""
+  path = os.path.join(folder, "tiny.py")
+  with open(path, "w") as f:
+    f.write(f"import sys\nsys.path.insert(0, {REPO!r})\nfrom tests.conftest import tiny_config\n"
+            "\n\ndef get_config(arg=None):\n"
+            f"  return tiny_config({data_dir!r}, **{changes or {}!r})\n")
+  return path
+
+
 # The settings that reach the compiled train and eval steps, or the number of steps the schedule
 # is built for: runs that share them with tiny_config share its compilations.
 STEP_KEYS = ("model", "loss", "optimizer", "batch_size_per_device", "training.num_epochs",

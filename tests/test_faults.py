@@ -20,7 +20,7 @@ import pytest
 
 from lesion_jax import errors, experiment, train
 from lesion_jax import workdir as workdir_lib
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # orbax's "Event loop is closed" reports after a failed read must not reach the user either.
@@ -226,15 +226,6 @@ def test_only_a_longer_run_counts_as_an_extension(stored, current, extended):
 # ----------------------------------------------------------------------------------------------
 # One run at a time in a workdir.
 
-def _config_file(tmp_path, data_dir, epochs: int) -> str:
-  path = tmp_path / "tiny.py"
-  path.write_text(
-      f"import sys\nsys.path.insert(0, {REPO!r})\nfrom tests.conftest import tiny_config\n\n\n"
-      "def get_config(arg=None):\n"
-      f"  return tiny_config({data_dir!r}, **{{'training.num_epochs': {epochs}}})\n")
-  return str(path)
-
-
 def _holder_pid(workdir: str) -> int | None:
   try:
     with open(os.path.join(workdir, workdir_lib.LOCK_FILE)) as f:
@@ -250,7 +241,7 @@ def test_a_second_launch_into_a_workdir_in_use_is_refused_at_once(data_dir, tmp_
   started into the same workdir, has been refused; then it finishes as if alone."""
   from lesion_jax import loop as loop_lib
   workdir = str(tmp_path / "run")
-  config_file = _config_file(tmp_path, data_dir, epochs=2)
+  config_file = tiny_config_file(tmp_path, data_dir)  # the run this process trains
   in_validation, go_on = threading.Event(), threading.Event()
   real_validate = loop_lib.validate
 

@@ -19,21 +19,10 @@ import time
 import pytest
 
 from lesion_jax import errors, train
-from tests.conftest import AVERAGED_RUN, tiny_config
+from tests.conftest import AVERAGED_RUN, tiny_config, tiny_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
-
-
-def _config_file(tmp_path, data_dir, changes: str = "AVERAGED_RUN") -> str:
-  """A config file of `tiny_config(data_dir, **changes)`, `changes` a Python expression."""
-  path = tmp_path / "tiny.py"
-  path.write_text(
-      f"import sys\nsys.path.insert(0, {REPO!r})\n"
-      "from tests.conftest import AVERAGED_RUN, tiny_config\n\n\n"
-      "def get_config(arg=None):\n"
-      f"  return tiny_config({data_dir!r}, **{changes})\n")
-  return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +113,7 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_matches(
     signum, uninterrupted, data_dir, tmp_path, monkeypatch, capsys, caplog, restored_logging):
   """SIGTERM as a scheduler sends it, to a launch.py process; SIGINT as Ctrl-C, here."""
   workdir = str(tmp_path / "run")
-  argv = ["--config", _config_file(tmp_path, data_dir), "--workdir", workdir]
+  argv = ["--config", tiny_config_file(tmp_path, data_dir, AVERAGED_RUN), "--workdir", workdir]
   if signum == signal.SIGTERM:
     returncode, stderr = _signalled_process(argv, signum, workdir)
   else:
@@ -162,7 +151,7 @@ TWO_PROCESS_RUN = {"training.num_epochs": 4, "batch_size_per_device": 2, "model.
 
 def test_two_processes_agree_on_the_step_to_stop_at(data_dir, tmp_path):
   """SIGTERM reaches one process only: both stop at the same step and save it together."""
-  config = _config_file(tmp_path, data_dir, repr(TWO_PROCESS_RUN))
+  config = tiny_config_file(tmp_path, data_dir, TWO_PROCESS_RUN)
   workdir, port = str(tmp_path / "run"), _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
