@@ -8,6 +8,7 @@ run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from lesion_jax import checkpoint as checkpoint_lib
 from lesion_jax import models as models_lib
@@ -51,12 +53,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+@functools.lru_cache(maxsize=16)  # tracing a model for its shapes takes ~0.5 s; loads repeat
+def _variable_shapes(model, image_shape: tuple[int, int]) -> dict:
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                        jax.ShapeDtypeStruct((1, *image_shape, 3), jnp.float32))
+
+
 def abstract_variables(model, image_size) -> dict:
-  """Zero-filled {'params', 'batch_stats'} of the right shapes, as a restore target."""
-  shapes = jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-      jax.ShapeDtypeStruct((1, *pipeline.image_shape(image_size), 3), jnp.float32))
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  """Zero-filled {'params', 'batch_stats'} of the right shapes, as a restore target.
+
+  NumPy zeros: the restore reads into host arrays anyway, and JAX zeros would compile one
+  small program per parameter shape.
+  """
+  shapes = _variable_shapes(model, tuple(pipeline.image_shape(image_size)))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
 
 

@@ -354,7 +354,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
       losses_lib.get_loss(config.loss), augment.AugmentOptions.from_config(config),
       config.evaluation.tta, tuple(devices), tuple(sorted(options.items())))
   validation, train_batches = _training_data(config, datasets, devices)
-  num_params = models_lib.count_params(model, (1, *size, 3))
+  # From the state, not `models.count_params`: that would trace the model once more.
+  num_params = int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(state.params)))
   logging.info("%s: %s parameters; %d steps per epoch of %d images; %d devices; %d steps",
                config.model.name, f"{num_params:,}", steps_per_epoch, global_batch,
                len(devices), total_steps)

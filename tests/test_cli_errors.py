@@ -2,8 +2,9 @@
 
 One table: each row is a command line, a common bad input, and the text its error must hold.
 The output has no traceback and at most 6 lines. Each CLI's `main` runs in this process (launch.py
-through its own flag parsing and `main`); three launch.py rows also run it as a process, to
-check absl's entry point. Nothing here trains: every mistake is found before.
+through its own flag parsing and `main`); four launch.py rows also run it as a process, to check
+absl's entry point, where the error line is all the output. Nothing here trains: every mistake is
+found before.
 """
 import errno
 import importlib
@@ -35,11 +36,13 @@ CASES = [
     ("launch", LAUNCH + ["{file}"], "is a file, not a folder", "process"),
     ("launch", LAUNCH + ["{missing}", "--config.training.max_steps=ten"],
      "invalid literal for int()", ""),
-    ("launch", LAUNCH + ["{missing}", "--config.model.name=unet3"], "Valid model names", ""),
+    ("launch", LAUNCH + ["{missing}", "--config.model.name=unet3"],
+     "Unknown model 'unet3' (from config.model.name). Valid model names: att_r2_unet, att_unet, "
+     "deeplab_mobilenetv2", ""),
     ("launch", LAUNCH + ["{missing}", "--wrkdir={dir}"], "Unknown command line flag 'wrkdir'", ""),
     ("launch", LAUNCH + ["{missing}", "extra"], "unexpected arguments: extra", ""),
     ("launch", ["--workdir", "{dir}"], "Flag --config must have a value", ""),
-    ("launch", LAUNCH + ["{missing}/run"], "its parent folder", ""),
+    ("launch", LAUNCH + ["{missing}/run"], "its parent folder", "process"),
     ("launch", LAUNCH + ["{dir}"], "cannot be written (Read-only file system)", "read_only"),
     ("launch", LAUNCH + ["{dir}"], "No space left on device while writing", "disk_full"),
     ("predict", ["--images", "{missing}", "--workdir", "{dir}", "--out", "{missing}"],
@@ -136,6 +139,8 @@ def test_a_mistake_is_one_error_line_and_exit_code_2(cli, argv, expected, how, p
     done = subprocess.run([sys.executable, "launch.py", *argv], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     code, output = done.returncode, done.stdout + done.stderr
+    # The error comes alone: no config dump, no progress lines, no usage text.
+    assert len(output.strip().splitlines()) == 1, output[-3000:]
   else:
     if how == "read_only":
       _read_only(monkeypatch, paths["dir"])
