@@ -10,6 +10,7 @@ import pytest
 
 from lesion_jax import averaging, inference, levers, metrics, postprocess, train
 from lesion_jax.config import base_config
+from lesion_jax.errors import ConfigError
 
 
 def test_largest_component_keeps_the_biggest_region_and_fills_its_holes():
@@ -51,6 +52,29 @@ def test_checkpoint_plan_takes_the_last_cycle_and_its_second_half():
   assert plan["swa_cycle"] == list(range(310, 710, 10))
   assert plan["swa_half"] == list(range(510, 710, 10))
   assert "snapshots" not in levers.checkpoint_plan(config, [650, 700], 10, 700)
+  # A chosen kept step is a variant of its own; a step the run did not keep is refused.
+  assert levers.checkpoint_plan(config, steps, 10, 700, (310,))["step_310"] == [310]
+  with pytest.raises(ConfigError, match=r"--steps \[315\].*kept: 10-700, 70 steps"):
+    levers.checkpoint_plan(config, steps, 10, 700, (310, 315))
+
+
+def test_the_reference_variant_is_checked_first_and_differences_are_paired():
+  with pytest.raises(ConfigError, match="'step_9\\+none' is not a variant.*step_310\\+none"):
+    levers.check_reference("step_9+none", {"step_310": [310]}, ema=False)
+  with pytest.raises(ConfigError, match="not a variant"):
+    levers.check_reference("ema+none", {}, ema=False)
+  levers.check_reference("ema_bn+largest_component", {}, ema=True)
+  rng = np.random.default_rng(0)
+  per_image = {name: {"x": {m: rng.uniform(size=7).tolist() for m in metrics.METRIC_NAMES}}
+               for name in ("best+none", "step_310+none")}
+  results = levers.with_differences(
+      {k: {"per_image": v, "members": 1, "threshold": 0.5, "validation_ja": 0.8}
+       for k, v in per_image.items()}, against="step_310+none")
+  ja = np.subtract(per_image["best+none"]["x"]["ja"], per_image["step_310+none"]["x"]["ja"])
+  mean, low, high = results["best+none"]["vs_reference"]["x"]["ja"]
+  assert mean == pytest.approx(ja.mean()) and low < mean < high
+  assert results["step_310+none"]["vs_reference"]["x"]["ja"] == [0.0, 0.0, 0.0]
+  assert "JA - step_310+none" in levers.levers_table(results)
 
 
 def test_mean_variables_is_the_leafwise_mean():
@@ -97,7 +121,7 @@ def test_levers_of_a_tiny_run_reproduce_its_own_results(averaged_run, averaged_r
   assert found["snapshots+none"]["members"] == 2 and found["snapshots+none"]["steps"][0] > 0
   assert found["swa_cycle+none"]["members"] == 1
   assert found["ema+largest_component"]["members"] == 1 and "ema_bn+none" in found
-  assert found["best+none"]["vs_best"][name]["ja"] == [0.0, 0.0, 0.0]
+  assert found["best+none"]["vs_reference"][name]["ja"] == [0.0, 0.0, 0.0]
 
 
 def test_train_step_keeps_an_exponential_moving_average_of_the_weights():
