@@ -161,7 +161,7 @@ def with_differences(results: dict, against: str = "best+none") -> dict:
       diff = values - np.stack([base[split][m] for m in names], axis=1)
       mean, low, high = bootstrap_mean_ci(diff)
       result["vs_reference"][split] = {m: [float(mean[i]), float(low[i]), float(high[i])]
-                                  for i, m in enumerate(names)}
+                                       for i, m in enumerate(names)}
   return results
 
 
