@@ -104,8 +104,8 @@ def evaluate_levers(workdir: str, steps: tuple[int, ...] = (),
   kept = sorted(manager.latest.all_steps())
   manager.close()
   plan = checkpoint_plan(config, kept, steps_per_epoch, total_steps, tuple(steps))
-  check_reference(against, plan, ema=config.training.get("ema_decay") is not None
-                  and total_steps in kept)
+  ema = checkpoint_lib.read_ema(workdir, total_steps) if total_steps in kept else None
+  check_reference(against, ["best", *plan] + (["ema", "ema_bn"] if ema is not None else []))
   logging.info("variants: %s", {k: [s // steps_per_epoch for s in v] for k, v in plan.items()})
   cache_gb = config.data.cache_gb
   val_images, val_masks = _prepared(datasets.validation, size, cache_gb)
@@ -117,7 +117,6 @@ def evaluate_levers(workdir: str, steps: tuple[int, ...] = (),
   members = {"best": [best]}
   for name, chosen in plan.items():
     members[name] = _members(run, chosen, train_images, average=name.startswith("swa"))
-  ema = checkpoint_lib.read_ema(workdir, total_steps) if total_steps in kept else None
   if ema is not None:
     plan["ema"] = plan["ema_bn"] = [total_steps]
     members["ema"] = [ema]
@@ -139,9 +138,9 @@ def evaluate_levers(workdir: str, steps: tuple[int, ...] = (),
   return with_differences(results, against)
 
 
-def check_reference(against: str, plan: dict, ema: bool) -> None:
-  """Refuses, before any scoring, a reference variant the run will not have."""
-  names = ["best", *plan] + (["ema", "ema_bn"] if ema else [])
+def check_reference(against: str, names: list[str]) -> None:
+  """Refuses, before any scoring, a reference that is not one of the variants `names` with a
+  post-processing."""
   valid = [f"{name}+{post}" for name in names for post in POSTPROCESSING]
   if against not in valid:
     raise ConfigError(f"--against {against!r} is not a variant of this run; valid: "

@@ -60,10 +60,10 @@ def test_checkpoint_plan_takes_the_last_cycle_and_its_second_half():
 
 def test_the_reference_variant_is_checked_first_and_differences_are_paired():
   with pytest.raises(ConfigError, match="'step_9\\+none' is not a variant.*step_310\\+none"):
-    levers.check_reference("step_9+none", {"step_310": [310]}, ema=False)
+    levers.check_reference("step_9+none", ["best", "step_310"])
   with pytest.raises(ConfigError, match="not a variant"):
-    levers.check_reference("ema+none", {}, ema=False)
-  levers.check_reference("ema_bn+largest_component", {}, ema=True)
+    levers.check_reference("ema+none", ["best"])
+  levers.check_reference("ema_bn+largest_component", ["best", "ema", "ema_bn"])
   rng = np.random.default_rng(0)
   per_image = {name: {"x": {m: rng.uniform(size=7).tolist() for m in metrics.METRIC_NAMES}}
                for name in ("best+none", "step_310+none")}

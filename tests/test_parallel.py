@@ -30,9 +30,6 @@ model = models.create_model("unet", ifc=16, dropout_rate=0.0, batch_norm=True,
 # unoptimised, their replicas once came out different ("replicas diverged", not reproduced).
 state = train.create_train_state(model, optax.sgd(0.01), jax.random.PRNGKey(0), 32)
 jax.config.update("jax_disable_most_optimizations", False)
-# Kept on the host: replicating device arrays stacks and slices them on a device, a small
-# program for every leaf shape and device count (seconds in all).
-state = jax.device_get(state)
 out = {}
 for n in (1, 2, 4):
   devices = parallel.local_devices(n)
