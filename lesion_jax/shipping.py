@@ -1,11 +1,13 @@
 """Ship a finished run as a trained model: NAME.msgpack and NAME.json (lesion_jax.models.trained).
 
     python -m lesion_jax.shipping RUN_WORKDIR --name macroscopic [--weights ema] [--out DIR]
+        [--overwrite]
 
 `--weights best` (the default) ships the weights the run reports: its best checkpoint or, with
 config.evaluation.weights 'ema', its weight average. `--weights ema` ships the weight average of
 its last step with the threshold lesion_jax/levers.py chose for it (run the levers first). The
 files go to the package's lesion_jax/models/trained_models/ unless `--out` names another folder.
+A model of that name already there is replaced only with `--overwrite`.
 
 The writer lives outside lesion_jax.models because it reads runs, checkpoints and reports, which
 themselves import lesion_jax.models; the loader there needs none of them.
@@ -27,7 +29,8 @@ from flax import serialization
 
 from lesion_jax import checkpoint, runs
 from lesion_jax.data import pipeline
-from lesion_jax.errors import DataError, LesionJaxError, MissingPathError, UnknownNameError
+from lesion_jax.errors import (DataError, LesionJaxError, MissingPathError, UnknownNameError,
+                               WorkdirError)
 from lesion_jax.metrics import METRIC_NAMES
 from lesion_jax.models import trained
 from lesion_jax.report.compare import bootstrap_mean_ci
@@ -82,16 +85,23 @@ def confidence_intervals(per_image: dict) -> dict:
 
 
 def write(workdir: str, name: str, weights: str = "best",
-          directory: pathlib.Path | str = trained.SHIPPED_DIR) -> pathlib.Path:
-  """NAME.msgpack and NAME.json from the finished run in `workdir`."""
+          directory: pathlib.Path | str = trained.SHIPPED_DIR,
+          overwrite: bool = False) -> pathlib.Path:
+  """NAME.msgpack and NAME.json from the finished run in `workdir`; an existing model of that
+  name in `directory` is replaced only with `overwrite` (checked before the run is read)."""
   if weights not in WEIGHTS:
     raise UnknownNameError(f"Unknown weights {weights!r}. Valid: {', '.join(WEIGHTS)}")
+  directory = pathlib.Path(directory)
+  path = directory / f"{name}.msgpack"
+  existing = [p for p in (path, path.with_suffix(".json")) if p.exists()]
+  if existing and not overwrite:
+    raise WorkdirError(f"{directory} already holds a model named {name!r} "
+                       f"({', '.join(p.name for p in existing)}); pass --overwrite to replace it, "
+                       "or choose another --name or --out")
   config = runs.read_config(workdir)
   variables, step, threshold, metrics = _weights_of(workdir, weights)
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
-  directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  path = directory / f"{name}.msgpack"
   path.write_bytes(serialization.msgpack_serialize(checkpoint.to_numpy(variables)))
   card = {
       "format": trained.FORMAT_VERSION, "name": name, "sha256": trained.sha256(path),
@@ -127,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--weights", default="best", choices=WEIGHTS)
   parser.add_argument("--out", default=str(trained.SHIPPED_DIR),
                       help="folder (default: the package's)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a model of the same name in the folder")
   args = parser.parse_args(argv)
   try:
-    path = write(args.workdir, args.name, args.weights, args.out)
+    path = write(args.workdir, args.name, args.weights, args.out, args.overwrite)
   except LesionJaxError as error:
     print(f"error: {error}", file=sys.stderr)
     return error.exit_code

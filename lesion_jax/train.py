@@ -30,7 +30,7 @@ from lesion_jax import losses as losses_lib
 from lesion_jax import loop as loop_lib
 from lesion_jax import metrics as metrics_lib
 from lesion_jax import models as models_lib
-from lesion_jax import errors, optim, parallel, preemption, transfer
+from lesion_jax import errors, optim, parallel, preemption, runs, transfer
 from lesion_jax import spec as spec_lib
 from lesion_jax import workdir as workdir_lib
 from lesion_jax.data import loading, pipeline
@@ -244,7 +244,7 @@ def _step_plan(config: ml_collections.ConfigDict, train_size: int,
 
 
 def _initial_state(config, workdir: str, state: TrainState,
-                   checkpoints: checkpoint_lib.RunCheckpoints):
+                   checkpoints: checkpoint_lib.RunCheckpoints, source: tuple | None):
   """The state to start from: restored (resume), from other weights (transfer), or fresh.
 
   A latest/ step that does not restore is moved aside and the one before it is tried; when
@@ -259,22 +259,22 @@ def _initial_state(config, workdir: str, state: TrainState,
     logging.info("Resuming %s from step %d", workdir, int(state.step))
     return state, loop_lib.LoopState.from_meta(meta)
   if had_checkpoints:
-    from_best = _state_from_best(config, workdir, state, checkpoints)
+    from_best = _state_from_best(config, workdir, state, checkpoints, source)
     if from_best is not None:
       return from_best
     logging.warning("no checkpoint of %s restores: training starts again from step 0", workdir)
   init_from = None
   if config.model.init_from:
     state = _init_from_pretrained(state, config)
-  if config.init_from:
-    state, init_from = _init_from_run(state, config)
+  if source is not None:
+    state, init_from = _init_from_run(state, config, source)
   if state.ema is not None:  # the average starts from the weights training starts from
     state = state.replace(ema={"params": state.params, "batch_stats": state.batch_stats})
   return state, loop_lib.LoopState(init_from=init_from)
 
 
 def _state_from_best(config, workdir: str, state: TrainState,
-                     checkpoints: checkpoint_lib.RunCheckpoints):
+                     checkpoints: checkpoint_lib.RunCheckpoints, source: tuple | None):
   """(state, loop state) from the best checkpoint when no latest/ one restored; None without.
 
   The best checkpoint holds the weights only: the run goes on from its step (data order and
@@ -294,8 +294,7 @@ def _state_from_best(config, workdir: str, state: TrainState,
                                "batch_stats": variables["batch_stats"]})
   logging.warning("no latest checkpoint of %s restores: going on from its best checkpoint, step "
                   "%d, with a fresh optimiser state", workdir, step)
-  init_from = (_source_record(config, checkpoint_lib.read_variables(
-      config.init_from, config.init_step)[1]) if config.init_from else None)
+  init_from = _source_record(config.init_from, source[1]) if source is not None else None
   return state, loop_lib.LoopState.after_best(meta["val_ja"], step, init_from)
 
 
@@ -339,6 +338,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
   # BatchNorm statistics over the global batch: the models' BN layers reduce over the pmap axis.
   model = _canonical(model or models_lib.from_config(config, bn_axis_name=parallel.AXIS_NAME))
   size = pipeline.image_shape(config.data.image_size)
+  source = _transfer_source(config, model, size)  # before the datasets are built
   datasets = loading.load_datasets(config)
   global_batch = config.batch_size_per_device * len(devices) * parallel.process_count()
   steps_per_epoch, total_steps, eval_every = _step_plan(config, datasets.train_size,
@@ -348,7 +348,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str, devices: list,
                              config.training.ema_decay)
   transfer.check_patterns_match({"params": state.params}, config.frozen, "frozen")
   checkpoints = checkpoint_lib.RunCheckpoints(workdir, keep=config.checkpoint.keep)
-  state, loop = _initial_state(config, workdir, state, checkpoints)
+  state, loop = _initial_state(config, workdir, state, checkpoints, source)
   options = compiler_options(config, model, devices[0].platform)
   steps = _pmapped_steps(
       losses_lib.get_loss(config.loss), augment.AugmentOptions.from_config(config),
@@ -496,21 +496,33 @@ def _init_from_pretrained(state: TrainState, config: ml_collections.ConfigDict) 
   return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}))
 
 
-def _init_from_run(state: TrainState, config: ml_collections.ConfigDict):
-  """The fresh state with the variables of run `config.init_from` (a fresh optimiser)."""
+def _transfer_source(config: ml_collections.ConfigDict, model, size) -> tuple | None:
+  """(variables, meta, description) of run `config.init_from`, checked against the model's
+  shapes (from a trace, nothing compiled); None without init_from. A checkpoint that does not
+  fit fails here, before the datasets are built and the steps compiled."""
+  if not config.init_from:
+    return None
   loaded, meta = checkpoint_lib.read_variables(config.init_from, config.init_step)
+  described = f"{config.init_from} (step {meta['step']})"
+  expected = runs.abstract_variables(model, size)
+  transfer.check_patterns_match(expected, config.dont_load, "dont_load")
+  transfer.merge_variables(expected, loaded, config.dont_load, source=described)
+  return loaded, meta, described
+
+
+def _init_from_run(state: TrainState, config: ml_collections.ConfigDict, source: tuple):
+  """The fresh state with the variables of run `config.init_from` (a fresh optimiser)."""
+  loaded, meta, described = source
   fresh = {"params": state.params, "batch_stats": state.batch_stats}
-  transfer.check_patterns_match(fresh, config.dont_load, "dont_load")
-  source = f"{config.init_from} (step {meta['step']})"
-  merged = transfer.merge_variables(fresh, loaded, config.dont_load, source=source)
-  logging.info("Initialised from %s, validation JA %.4f there", source, meta.get("val_ja", -1))
+  merged = transfer.merge_variables(fresh, loaded, config.dont_load, source=described)
+  logging.info("Initialised from %s, validation JA %.4f there", described, meta.get("val_ja", -1))
   state = state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
-  return state, _source_record(config, meta)
+  return state, _source_record(config.init_from, meta)
 
 
-def _source_record(config: ml_collections.ConfigDict, meta: Mapping[str, Any]) -> dict:
+def _source_record(init_from: str, meta: Mapping[str, Any]) -> dict:
   """results.json's `init_from`: the run (and checkpoint) this one started from."""
-  return {"workdir": os.path.abspath(config.init_from), "step": int(meta["step"]),
+  return {"workdir": os.path.abspath(init_from), "step": int(meta["step"]),
           "val_ja": meta.get("val_ja")}
 
 

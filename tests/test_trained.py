@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from lesion_jax import inference, runs, shipping
+from lesion_jax import errors, inference, runs, shipping
 from lesion_jax.errors import DataError, UnknownNameError
 from lesion_jax.models import trained
 
@@ -42,10 +42,17 @@ def test_the_loader_imports_no_writer_nor_what_imports_the_models():
 
 @pytest.mark.slow
 def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
-    averaged_run, averaged_run_levers, tmp_path):
+    averaged_run, averaged_run_levers, tmp_path, capsys):
   workdir, results = averaged_run
   out = tmp_path / "zoo"
   assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == 0
+  # A second write of the same name replaces nothing unless asked.
+  (out / "tiny.json").write_text("{}")
+  assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == errors.EXIT_BAD_INPUT
+  assert (f"{out} already holds a model named 'tiny' (tiny.msgpack, tiny.json); pass "
+          "--overwrite") in capsys.readouterr().err
+  assert (out / "tiny.json").read_text() == "{}"
+  assert shipping.main([workdir, "--name", "tiny", "--out", str(out), "--overwrite"]) == 0
   model = trained.load("tiny", out)
   run = runs.load_run(workdir)
   assert model.threshold == results["threshold"] and model.image_size == run.image_size

@@ -134,8 +134,8 @@ def test_init_from_run(data_dir, tmp_path, source_dir):
   captured = {}
   real_init = train._init_from_run
 
-  def spy(state, cfg):
-    new_state, info = real_init(state, cfg)
+  def spy(state, cfg, source):
+    new_state, info = real_init(state, cfg, source)
     captured["initial"] = checkpoint_lib.to_numpy({"params": new_state.params,
                                             "batch_stats": new_state.batch_stats})
     captured["fresh"] = checkpoint_lib.to_numpy({"params": state.params})
@@ -167,10 +167,15 @@ def test_init_from_run(data_dir, tmp_path, source_dir):
   assert results["init_from"]["step"] == source.meta["step"]
 
 
-@pytest.mark.slow
-def test_init_from_shape_mismatch_names_the_parameter(data_dir, tmp_path, source_dir):
+def test_init_from_shape_mismatch_names_the_parameter_before_any_compilation(
+    data_dir, tmp_path, source_dir, monkeypatch):
   config = tiny_config(data_dir, **{"training.num_epochs": 1, "model.alpha": 0.5})
   config.init_from = source_dir
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("the mismatch should be found before the datasets and the model")
+  monkeypatch.setattr(train.loading, "load_datasets", must_not_run)
+  monkeypatch.setattr(train, "create_train_state", must_not_run)
   with pytest.raises(ValueError, match="(?s)shape mismatch:.*params/.*kernel: model"):
     train.train_and_evaluate(config, str(tmp_path / "target"))
 
