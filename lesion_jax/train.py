@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -244,7 +244,7 @@ def _step_plan(config: ml_collections.ConfigDict, train_size: int,
 
 
 def _initial_state(config, workdir: str, state: TrainState,
-                   checkpoints: checkpoint_lib.RunCheckpoints, source: tuple | None):
+                   checkpoints: checkpoint_lib.RunCheckpoints, source: TransferSource | None):
   """The state to start from: restored (resume), from other weights (transfer), or fresh.
 
   A latest/ step that does not restore is moved aside and the one before it is tried; when
@@ -274,7 +274,7 @@ def _initial_state(config, workdir: str, state: TrainState,
 
 
 def _state_from_best(config, workdir: str, state: TrainState,
-                     checkpoints: checkpoint_lib.RunCheckpoints, source: tuple | None):
+                     checkpoints: checkpoint_lib.RunCheckpoints, source: TransferSource | None):
   """(state, loop state) from the best checkpoint when no latest/ one restored; None without.
 
   The best checkpoint holds the weights only: the run goes on from its step (data order and
@@ -294,7 +294,7 @@ def _state_from_best(config, workdir: str, state: TrainState,
                                "batch_stats": variables["batch_stats"]})
   logging.warning("no latest checkpoint of %s restores: going on from its best checkpoint, step "
                   "%d, with a fresh optimiser state", workdir, step)
-  init_from = _source_record(config.init_from, source[1]) if source is not None else None
+  init_from = _source_record(config.init_from, source.meta) if source is not None else None
   return state, loop_lib.LoopState.after_best(meta["val_ja"], step, init_from)
 
 
@@ -496,8 +496,15 @@ def _init_from_pretrained(state: TrainState, config: ml_collections.ConfigDict) 
   return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}))
 
 
-def _transfer_source(config: ml_collections.ConfigDict, model, size) -> tuple | None:
-  """(variables, meta, description) of run `config.init_from`, checked against the model's
+class TransferSource(NamedTuple):
+  """Run `config.init_from`'s best (or `init_step`) variables, read once per run."""
+  variables: dict
+  meta: dict
+  described: str  # "WORKDIR (step N)", for messages
+
+
+def _transfer_source(config: ml_collections.ConfigDict, model, size) -> TransferSource | None:
+  """The variables of run `config.init_from`, checked against the model's
   shapes (from a trace, nothing compiled); None without init_from. A checkpoint that does not
   fit fails here, before the datasets are built and the steps compiled."""
   if not config.init_from:
@@ -507,10 +514,11 @@ def _transfer_source(config: ml_collections.ConfigDict, model, size) -> tuple | 
   expected = runs.abstract_variables(model, size)
   transfer.check_patterns_match(expected, config.dont_load, "dont_load")
   transfer.merge_variables(expected, loaded, config.dont_load, source=described)
-  return loaded, meta, described
+  return TransferSource(loaded, meta, described)
 
 
-def _init_from_run(state: TrainState, config: ml_collections.ConfigDict, source: tuple):
+def _init_from_run(state: TrainState, config: ml_collections.ConfigDict,
+                   source: TransferSource):
   """The fresh state with the variables of run `config.init_from` (a fresh optimiser)."""
   loaded, meta, described = source
   fresh = {"params": state.params, "batch_stats": state.batch_stats}

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from lesion_jax import errors, inference, runs, shipping
-from lesion_jax.errors import DataError, UnknownNameError
+from lesion_jax import inference, runs, shipping
+from lesion_jax.errors import EXIT_BAD_INPUT, DataError, UnknownNameError
 from lesion_jax.models import trained
 
 
@@ -48,7 +48,7 @@ def test_a_written_model_predicts_as_its_run_and_refuses_a_damaged_file(
   assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == 0
   # A second write of the same name replaces nothing unless asked.
   (out / "tiny.json").write_text("{}")
-  assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == errors.EXIT_BAD_INPUT
+  assert shipping.main([workdir, "--name", "tiny", "--out", str(out)]) == EXIT_BAD_INPUT
   assert (f"{out} already holds a model named 'tiny' (tiny.msgpack, tiny.json); pass "
           "--overwrite") in capsys.readouterr().err
   assert (out / "tiny.json").read_text() == "{}"
