@@ -191,7 +191,8 @@ def test_a_finished_run_asked_for_another_test_set_is_evaluated_again(averaged_r
   shutil.copytree(averaged_run[0], workdir)
   config = tiny_config(data_dir, **AVERAGED_RUN)
   config.data.test = ("synthetic_lesions/dermoscopic", "synthetic_lesions/macroscopic")
-  config.evaluation.tta = "flips"
+  # Another evaluation key too, one that needs no program of its own (a new TTA would compile).
+  config.evaluation.weights = "ema"
   with caplog.at_level(logging.INFO):
     results = train.train_and_evaluate(config, workdir)
   assert "data.test: ['synthetic_lesions/dermoscopic'] -> " in caplog.text or \
