@@ -20,10 +20,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # XLA's CPU fusion emitters (its MLIR code generator) compile ~25% slower than its older
 # elemental emitters in this suite (a tiny run's 53 programs: 8.6 s against 11.3-12.7 s of
-# compilation); the programs compute the same operations either way.
+# compilation); the programs compute the same operations either way. Subprocesses that set
+# XLA_FLAGS of their own keep it through `xla_flags`.
+COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_cpu_use_fusion_emitters=false").strip()
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COMPILE_FLAGS}".strip()
+
+
+def xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a test's subprocess: `flags` and the suite's compile flag."""
+  return " ".join((*flags, COMPILE_FLAGS))
 # Keras (the reference of tests/test_pretrained.py) initialises weights op by op: on its JAX
 # backend every weight shape compiles (~30 s for two MobileNetV2s), on TensorFlow's not (~10 s).
 if importlib.util.find_spec("tensorflow") is not None:

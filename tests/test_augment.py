@@ -220,13 +220,14 @@ def test_tta_averages_the_probabilities_of_the_copies():
       ramp = jnp.linspace(-2, 2, x.shape[1] * x.shape[2]).reshape(1, x.shape[1], x.shape[2], 1)
       return nn.Conv(1, (3, 3))(x) + ramp
 
-  images = np.random.default_rng(7).integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
   model = Shifted()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
   plain = lambda x: np.asarray(inference.probabilities(model.apply, variables, x))  # noqa
-  for tta in ("flips", "dihedral"):
+  # The copies go through the model as one batch; each copy on its own is the reference.
+  for tta, width in (("flips", 6), ("dihedral", 6), ("dihedral", 8)):
+    images = np.random.default_rng(7).integers(0, 256, (2, 6, width, 3), dtype=np.uint8)
     expected = np.mean([inference.untransform(plain(inference.transform(images, *c)), *c)
-                        for c in inference.tta_transforms(tta, square=True)], axis=0)
+                        for c in inference.tta_transforms(tta, square=width == 6)], axis=0)
     got = np.asarray(inference.probabilities(model.apply, variables, images, tta))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not np.allclose(got, plain(images))

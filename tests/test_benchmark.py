@@ -18,7 +18,7 @@ import pytest
 
 from lesion_jax import benchmark, losses, train
 from lesion_jax import parallel
-from tests.conftest import load_config_module, tiny_config
+from tests.conftest import load_config_module, tiny_config, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNELS = (3, 8, 8, 1)  # input, two hidden layers, logits
@@ -225,7 +225,7 @@ print("ROWS", json.dumps(rows))
 
 @pytest.mark.slow
 def test_device_sweep_reports_scaling_efficiency_on_four_devices(data_dir, tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
          "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", DEVICE_SWEEP_SCRIPT, data_dir, str(tmp_path / "w")],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

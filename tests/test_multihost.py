@@ -58,7 +58,7 @@ def _checkpoint_round_trip(directory: str, params) -> bool:
 def worker(num_processes: int, process_id: int, port: int, local_devices: int,
            out_dir: str) -> None:
   # Both settings must precede the first use of a JAX backend.
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+  os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={local_devices}"
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   sys.path.insert(0, REPO)
@@ -144,8 +144,8 @@ def _free_port() -> int:
 def _start_processes(num_processes: int, local_devices: int, out_dir) -> list:
   os.makedirs(out_dir, exist_ok=True)
   port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
+  from tests.conftest import xla_flags  # not at the top: this file is also the worker
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu")
   return [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), str(num_processes), str(i), str(port),
        str(local_devices), str(out_dir)],

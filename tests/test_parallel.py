@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs in a fresh process: the forced CPU device count must be set before jax starts.
@@ -52,7 +54,7 @@ print("RESULT" + json.dumps(out))
 
 @pytest.mark.slow
 def test_same_global_batch_gives_same_losses_on_1_2_4_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"),
              JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)

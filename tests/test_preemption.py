@@ -19,7 +19,7 @@ import time
 import pytest
 
 from lesion_jax import errors, train
-from tests.conftest import AVERAGED_RUN, tiny_config, tiny_config_file
+from tests.conftest import AVERAGED_RUN, tiny_config, tiny_config_file, xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -153,8 +153,8 @@ def test_two_processes_agree_on_the_step_to_stop_at(data_dir, tmp_path):
   """SIGTERM reaches one process only: both stop at the same step and save it together."""
   config = tiny_config_file(tmp_path, data_dir, TWO_PROCESS_RUN)
   workdir, port = str(tmp_path / "run"), _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   processes = [_start(["--config", config, "--workdir", workdir,
                        f"--coordinator_address=localhost:{port}", "--num_processes=2",
                        f"--process_id={i}"], env) for i in range(2)]
