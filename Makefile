@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
-# One worker per core (at most 4: each imports JAX and TensorFlow). Whole files go to one worker,
-# so a file's module fixtures (a tiny trained run, say) are built once. Most of the suite is
-# single-threaded XLA compilation, so 2 workers on 2 cores take ~0.65x the serial time.
+# One worker per core (at most 4: each imports JAX and TensorFlow). Whole files go to one worker
+# (tests/conftest.py sends the averaged run's users to one together), so a file's module
+# fixtures (a tiny trained run, say) are built once. Most of the suite is single-threaded XLA
+# compilation, so 2 workers on 2 cores take ~0.65x the serial time.
 PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadfile
 # The demo needs only the core packages; the tests also check the TensorFlow-based extras.
 TEST_EXTRAS := dev,pretrained,export

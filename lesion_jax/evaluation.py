@@ -58,7 +58,8 @@ def evaluate(p_eval_step: Callable, replicated_state, source, size, *,
 # The end of a run.
 
 def evaluate_on_host(model, variables, source, size, *, tta: str = "none",
-                     postprocess: str = "none", batch_size: int = 4) -> Evaluation:
+                     postprocess: str = "none",
+                     batch_size: int = inference.HOST_BATCH) -> Evaluation:
   """`evaluate` with the masks post-processed (lesion_jax/postprocess.py) before they are
   counted, which binarises at every threshold on the host. The losses are not computed (NaN)."""
   from lesion_jax import postprocess as postprocess_lib

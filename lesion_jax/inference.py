@@ -134,8 +134,13 @@ def predict_probabilities(model, variables: Mapping[str, Any], images: np.ndarra
   return np.concatenate(out) if out else np.zeros(images.shape[:3], np.float32)
 
 
+# Images per call of the predictions made on the host (overlays, TensorBoard images, evaluation
+# with post-processing): one batch size, padded, so they share one compiled program per model.
+HOST_BATCH = 4
+
+
 def predict_examples(model, variables: Mapping[str, Any], examples: Sequence[Mapping[str, Any]],
-                     size, tta: str = "none") -> np.ndarray:
+                     size, tta: str = "none", batch_size: int = HOST_BATCH) -> np.ndarray:
   """(N, H, W) probabilities of raw dataset examples, resized as evaluation resizes them."""
   from lesion_jax.data import pipeline
 
@@ -143,9 +148,9 @@ def predict_examples(model, variables: Mapping[str, Any], examples: Sequence[Map
   if not examples:
     return np.zeros((0, height, width), np.float32)
   images = np.stack([pipeline.prepare_example(e, size)["image"] for e in examples])
-  return predict_probabilities(model, variables, images, tta=tta)
+  return predict_probabilities(model, variables, images, batch_size=batch_size, tta=tta)
 
 
-__all__ = ["TTA_CHOICES", "forward", "jitted_probabilities", "model_variables",
+__all__ = ["HOST_BATCH", "TTA_CHOICES", "forward", "jitted_probabilities", "model_variables",
            "predict_examples", "predict_probabilities", "probabilities", "standardize",
            "transform", "tta_transforms", "untransform"]

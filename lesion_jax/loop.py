@@ -423,7 +423,8 @@ def _stopped(run: RunSpec, step: int, signal_name: str | None) -> errors.RunStop
 
 
 def log_predictions(run: RunSpec, replicated, writer: MetricWriter, step: int) -> None:
-  """TensorBoard: truth | probability panels of the first validation images."""
+  """TensorBoard: truth | probability panels of the first validation images, with the test-time
+  augmentation of the final evaluation (the overlays' compiled program serves both)."""
   count = min(run.config.training.tensorboard_images, len(run.validation))
   if not writer.enabled or count <= 0:
     return
@@ -431,7 +432,7 @@ def log_predictions(run: RunSpec, replicated, writer: MetricWriter, step: int) -
   state = parallel.unreplicate(replicated)
   probs = inference.predict_examples(
       run.model, {"params": state.params, "batch_stats": state.batch_stats}, examples,
-      run.image_size)
+      run.image_size, run.config.evaluation.tta)
   masks = np.stack([pipeline.prepare_example(e, run.image_size)["mask"][..., 0]
                     for e in examples]).astype(np.float32)
   panels = np.concatenate([masks, probs], axis=2)[..., None].repeat(3, -1)

@@ -46,10 +46,11 @@ TRAINED_RUN_FIXTURES = {"tiny_run", "averaged_run", "averaged_run_levers"}
 
 
 # The files that take longest (pytest --durations, 2 workers on 2 cores), longest first. xdist
-# (`make test`: --dist loadfile) hands whole files to the workers in collection order, so these
-# start first and the short files fill in at the end, instead of a long file starting last.
-# test_faults.py trains the tiny run and the averaged run first, and test_models.py compiles
-# only its own programs meanwhile: the files after them find both runs' steps compiled.
+# (`make test`: --dist loadfile) hands whole files (or groups of files) to the workers in collection
+# order, so these start first and the short files fill in at the end, instead of a long file
+# starting last. test_faults.py trains the tiny run and the averaged run first, and
+# test_models.py compiles only its own programs meanwhile: the files after them find both
+# runs' steps compiled.
 LONGEST_FILES = ("test_faults.py", "test_models.py", "test_train.py", "test_trained.py",
                  "test_preemption.py", "test_isic2017_config.py", "test_builders_real_data.py",
                  "test_augment.py", "test_transfer.py", "test_config.py", "test_sweep.py",
@@ -61,6 +62,30 @@ def pytest_configure(config):
   # xdist's own order (files with more tests first) would start a long file of few tests last.
   if hasattr(config.option, "loadscopereorder"):
     config.option.loadscopereorder = False
+
+
+# The files that use the averaged run go to one worker together (`make test`: --dist loadfile,
+# with the files below as one): a process traces and loads its steps once (~15 s), where two
+# workers would each do it.
+AVERAGED_RUN_FILES = ("test_faults.py", "test_train.py", "test_preemption.py", "test_trained.py",
+                      "test_trained_cli.py", "test_levers.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook
+def pytest_xdist_make_scheduler(config, log):
+  """--dist loadfile, AVERAGED_RUN_FILES counting as one file. (xdist_group marks would do it
+  with --dist loadgroup, but xdist 3.8 renames node ids in a way pytest 9 no longer reads.)"""
+  from xdist.scheduler import LoadFileScheduling
+
+  if config.getvalue("dist") != "loadfile":
+    return None
+
+  class FilesTogether(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      path = super()._split_scope(nodeid)
+      return "averaged_run" if os.path.basename(path) in AVERAGED_RUN_FILES else path
+
+  return FilesTogether(config, log)
 
 
 def pytest_collection_modifyitems(items):
@@ -203,6 +228,42 @@ def averaged_run_levers(averaged_run):
   assert levers.main([workdir]) == 0
   with open(os.path.join(workdir, "levers", "levers.json")) as f:
     return json.load(f)
+
+
+@pytest.fixture
+def restored_logging():
+  """launch.py's main sets up the console logging of a run; other tests keep theirs."""
+  import logging
+
+  root, absl = logging.getLogger(), logging.getLogger("absl")
+  handlers, level, absl_level = list(root.handlers), root.level, absl.level
+  yield
+  root.handlers[:] = handlers
+  root.setLevel(level)
+  absl.setLevel(absl_level)
+
+
+def launch_in_this_process(argv: list[str]) -> int:
+  """launch.py's flag parsing, then its main, in this process (0, or the SystemExit raised);
+  with `restored_logging` and capsys for what it prints."""
+  import sys
+
+  sys.path.insert(0, REPO)
+  try:
+    import launch
+  finally:
+    sys.path.remove(REPO)
+  launch.FLAGS.unparse_flags()
+  # ml_collections defines a flag per override (--config.loss, ...) at the first parse; another
+  # launch here naming the same key would define it twice.
+  for name in [name for name in launch.FLAGS if name.startswith("config.")]:
+    delattr(launch.FLAGS, name)
+  old_argv, sys.argv = sys.argv, ["launch.py", *argv]  # ml_collections reads its overrides here
+  try:
+    launch.main(launch.parse_flags(sys.argv))
+  finally:
+    sys.argv = old_argv
+  return 0
 
 
 @pytest.fixture

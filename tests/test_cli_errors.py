@@ -8,7 +8,6 @@ found before.
 """
 import errno
 import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.conftest import launch_in_this_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "configs", "quickstart.py")
@@ -75,33 +76,6 @@ def paths(tmp_path) -> dict:
           "dir": str(tmp_path / "empty"), "images": str(tmp_path / "images")}
 
 
-@pytest.fixture
-def restored_logging():
-  """launch.py's main sets up the console logging of a run; other tests keep theirs."""
-  root, absl = logging.getLogger(), logging.getLogger("absl")
-  handlers, level, absl_level = list(root.handlers), root.level, absl.level
-  yield
-  root.handlers[:] = handlers
-  root.setLevel(level)
-  absl.setLevel(absl_level)
-
-
-def _launch(argv: list[str]) -> int:
-  """launch.py in this process: its flag parsing, then its main."""
-  sys.path.insert(0, REPO)
-  try:
-    import launch
-  finally:
-    sys.path.remove(REPO)
-  launch.FLAGS.unparse_flags()
-  old_argv, sys.argv = sys.argv, ["launch.py", *argv]  # ml_collections reads its overrides here
-  try:
-    launch.main(launch.parse_flags(sys.argv))
-  finally:
-    sys.argv = old_argv
-  return 0
-
-
 def _exit_code(main, argv: list[str]) -> int:
   try:
     return main(argv)
@@ -146,7 +120,7 @@ def test_a_mistake_is_one_error_line_and_exit_code_2(cli, argv, expected, how, p
       _read_only(monkeypatch, paths["dir"])
     elif how == "disk_full":
       _disk_full(monkeypatch, paths["dir"])
-    main = _launch if cli == "launch" else importlib.import_module(CLIS[cli]).main
+    main = launch_in_this_process if cli == "launch" else importlib.import_module(CLIS[cli]).main
     code = _exit_code(main, argv)
     captured = capsys.readouterr()
     output = captured.out + captured.err

@@ -1,7 +1,5 @@
 """Bad configs fail early, with the key, the value and what is allowed."""
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -9,7 +7,7 @@ from lesion_jax import config as config_lib
 from lesion_jax import spec
 from lesion_jax import models as models_lib
 from lesion_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import launch_in_this_process, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,28 +95,28 @@ def test_every_registry_name_is_reachable_by_override(name, extra, params):
 
 
 @pytest.mark.slow
-def test_launch_trains_a_unet_through_overrides(tmp_path, data_dir):
-  result = subprocess.run(
-      [sys.executable, "launch.py", "--config", "configs/quickstart.py",
-       "--workdir", str(tmp_path / "unet"), "--config.model.name=unet",
-       "--config.model.ifc=16", "--config.loss=jaccard", f"--config.data.data_dir={data_dir}",
-       "--config.data.synthetic.num_images=40", "--config.data.synthetic.image_size=48",
-       "--config.data.image_size=32", "--config.training.num_epochs=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
+def test_launch_trains_a_unet_through_overrides(tmp_path, data_dir, capsys, restored_logging):
+  """launch.py's flags and main in this process (tests/test_cli_errors.py starts it as one)."""
+  assert launch_in_this_process([
+      "--config", os.path.join(REPO, "configs", "quickstart.py"),
+      "--workdir", str(tmp_path / "unet"), "--config.model.name=unet",
+      "--config.model.ifc=16", "--config.loss=jaccard", f"--config.data.data_dir={data_dir}",
+      "--config.data.synthetic.num_images=40", "--config.data.synthetic.image_size=48",
+      "--config.data.image_size=32", "--config.training.num_epochs=1"]) == 0
+  result = capsys.readouterr()
   import json
   results = json.loads((tmp_path / "unet" / "results.json").read_text())
   assert results["model"] == {"name": "unet", "params": 1_962_625}
   assert results["loss"] == "jaccard"
-  assert "config.model.alpha=0.35 is ignored" in result.stderr
+  assert "config.model.alpha=0.35 is ignored" in result.err
   # The resolved config is in the run's log, not on the console; the end says where things are.
-  assert "Resolved config" not in result.stderr + result.stdout
+  assert "Resolved config" not in result.err + result.out
   assert "Resolved config" in (tmp_path / "unet" / "log.txt").read_text()
-  last = result.stdout.strip().splitlines()
+  last = result.out.strip().splitlines()
   assert f"Finished: {tmp_path / 'unet'}" in last
   assert any(line.startswith("| synthetic_lesions/dermoscopic | ") for line in last)
-  assert f"Results: {tmp_path / 'unet' / 'results.md'}" in result.stdout
-  assert "Figures: " in result.stdout and "threshold_curve.png" in result.stdout
+  assert f"Results: {tmp_path / 'unet' / 'results.md'}" in result.out
+  assert "Figures: " in result.out and "threshold_curve.png" in result.out
 
 
 def test_only_our_own_errors_print_without_a_traceback(monkeypatch, capsys):

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from lesion_jax import errors, train
-from tests.conftest import AVERAGED_RUN, tiny_config, tiny_config_file, xla_flags
+from tests.conftest import (AVERAGED_RUN, launch_in_this_process, tiny_config,
+                            tiny_config_file, xla_flags)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -71,27 +72,11 @@ def _signalled_process(argv: list[str], signum: int, workdir: str) -> tuple[int,
   return process.returncode, stderr
 
 
-@pytest.fixture
-def restored_logging():
-  """launch.py's main sets up the console logging of a run; other tests keep theirs."""
-  root, absl = logging.getLogger(), logging.getLogger("absl")
-  handlers, level, absl_level = list(root.handlers), root.level, absl.level
-  yield
-  root.handlers[:] = handlers
-  root.setLevel(level)
-  absl.setLevel(absl_level)
-
-
 def _signalled_in_this_process(argv: list[str], signum: int, monkeypatch, capsys,
                                caplog) -> tuple[int, str]:
   """(exit code, stderr and log) of launch.py's flag parsing and main in this process, which
   sends itself `signum` after its third training step (a Ctrl-C at the terminal)."""
   from lesion_jax import preemption
-  sys.path.insert(0, REPO)
-  try:
-    import launch
-  finally:
-    sys.path.remove(REPO)
   real_reached = preemption.StopRequest.reached
 
   def reached(self, call):
@@ -99,12 +84,10 @@ def _signalled_in_this_process(argv: list[str], signum: int, monkeypatch, capsys
       os.kill(os.getpid(), signum)
     return real_reached(self, call)
 
-  launch.FLAGS.unparse_flags()
   with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
     patch.setattr(preemption.StopRequest, "reached", reached)
-    patch.setattr(sys, "argv", ["launch.py", *argv])  # ml_collections reads overrides here
     with pytest.raises(SystemExit) as stopped:
-      launch.main(launch.parse_flags(sys.argv))
+      launch_in_this_process(argv)
   return stopped.value.code, capsys.readouterr().err + caplog.text
 
 
