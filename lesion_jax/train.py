@@ -167,11 +167,19 @@ def _jitted_init(model, tx):
   return jax.jit(init)
 
 
+def _init_size(model, image_size) -> tuple[int, int]:
+  """The input size a model's variables are initialised at. A registry model's (it declares an
+  `input_divisor`) do not depend on it: they are initialised at the size `count_params` traces,
+  so that one compiled init serves the model at every image size. Others: `image_size`."""
+  divisor = getattr(model, "input_divisor", None)
+  return (2 * divisor, 2 * divisor) if divisor else pipeline.image_shape(image_size)
+
+
 def create_train_state(model, tx, rng: jax.Array, image_size,
                        ema_decay: float | None = None) -> TrainState:
   model = _canonical(model)
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((1, *pipeline.image_shape(image_size), 3), jnp.float32)
+  dummy = jnp.zeros((1, *_init_size(model, image_size), 3), jnp.float32)
   variables, opt_state, step = _jitted_init(model, tx)(
       {"params": init_rng, "dropout": dropout_rng}, dummy)
   # TrainState.create, with the optimiser state from the program above. The step is strongly

@@ -1,10 +1,11 @@
 """A run stopped by SIGTERM or SIGINT saves the step it reached and resumes to the same results.
 
-Each test starts `launch.py` as a scheduler would (Ctrl-C's SIGINT: its main, in this process),
-waits until it trains, sends the signal, and checks the exit code (75), the checkpoint of the step it stopped on, and that the rerun ends
-with the results of a run that was never interrupted: the session's averaged run, whose settings
-(28 steps, long enough to be signalled while training) the processes run with, so that they load
-its compilations from the persistent cache (slow: real training processes).
+The single-process tests run launch.py's flags and main in this process, which sends itself the
+signal after its third training step, and check the exit code (75), the checkpoint of the step
+it stopped on, and that the rerun ends with the results of a run that was never interrupted:
+the session's averaged run, whose settings (28 steps) they run with, so that its compiled steps
+serve. The two-process test starts launch.py processes as a scheduler would and sends a real
+SIGTERM to one of them (slow: real training processes).
 """
 import json
 import logging
@@ -61,21 +62,11 @@ def _latest_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(latest) if name.isdigit())
 
 
-def _signalled_process(argv: list[str], signum: int, workdir: str) -> tuple[int, str]:
-  """(exit code, stderr) of launch.py as a process, sent `signum` once it trains."""
-  process = _start(argv)
-  _wait_until_training(process, workdir)
-  process.send_signal(signum)
-  sent = time.time()
-  _, stderr = process.communicate(timeout=120)
-  assert time.time() - sent < 20  # the step in flight, one save, the interpreter's exit
-  return process.returncode, stderr
-
-
 def _signalled_in_this_process(argv: list[str], signum: int, monkeypatch, capsys,
                                caplog) -> tuple[int, str]:
   """(exit code, stderr and log) of launch.py's flag parsing and main in this process, which
-  sends itself `signum` after its third training step (a Ctrl-C at the terminal)."""
+  sends itself `signum` after its third training step (a Ctrl-C at the terminal, a scheduler's
+  SIGTERM)."""
   from lesion_jax import preemption
   real_reached = preemption.StopRequest.reached
 
@@ -94,13 +85,9 @@ def _signalled_in_this_process(argv: list[str], signum: int, monkeypatch, capsys
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_saves_the_step_reached_and_the_rerun_matches(
     signum, uninterrupted, data_dir, tmp_path, monkeypatch, capsys, caplog, restored_logging):
-  """SIGTERM as a scheduler sends it, to a launch.py process; SIGINT as Ctrl-C, here."""
   workdir = str(tmp_path / "run")
   argv = ["--config", tiny_config_file(tmp_path, data_dir, AVERAGED_RUN), "--workdir", workdir]
-  if signum == signal.SIGTERM:
-    returncode, stderr = _signalled_process(argv, signum, workdir)
-  else:
-    returncode, stderr = _signalled_in_this_process(argv, signum, monkeypatch, capsys, caplog)
+  returncode, stderr = _signalled_in_this_process(argv, signum, monkeypatch, capsys, caplog)
   assert returncode == errors.EXIT_STOPPED, stderr[-3000:]
   assert f"{signal.Signals(signum).name} received" in stderr
   assert "resume with:" in stderr and "Traceback" not in stderr
@@ -157,6 +144,8 @@ def test_two_processes_agree_on_the_step_to_stop_at(data_dir, tmp_path):
         process.kill()
   for process, log in zip(processes, logs):
     assert process.returncode == errors.EXIT_STOPPED, log[-3000:]
+    assert "resume with:" in log and "Traceback" not in log
+  assert "SIGTERM received" in logs[0]  # the process the scheduler signalled
   steps = [_stopped_step(log) for log in logs]
   assert steps[0] == steps[1] and 0 < steps[0][0] < steps[0][1]
   assert _latest_steps(workdir)[-1] == steps[0][0]

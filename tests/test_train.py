@@ -245,6 +245,27 @@ class _ConvBatchNormDropout(flax_nn.Module):
     return flax_nn.Conv(1, (1, 1))(x)
 
 
+def test_a_model_is_initialised_as_at_the_run_size():
+  """create_train_state initialises a registry model at one size for every image size (one
+  compiled init): its variables are the ones flax's init gives at the run's own size."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from lesion_jax.models import create_model
+
+  model = create_model("unet", ifc=16, batch_norm=True).clone(ifc=2)
+  key = jax.random.PRNGKey(3)
+  state = train.create_train_state(model, optax.sgd(0.1), key, (32, 48))
+  init_rng, dropout_rng, _ = jax.random.split(key, 3)
+  direct = jax.jit(lambda: model.init({"params": init_rng, "dropout": dropout_rng},
+                                      jnp.zeros((1, 32, 48, 3)), train=False))()
+  got = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  assert jax.tree.structure(got) == jax.tree.structure(direct)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(direct)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_k_steps_per_dispatch_give_the_parameters_of_k_single_steps():
   """With dropout, BatchNorm and augmentation: the scan carries every per-step draw."""
   import functools
