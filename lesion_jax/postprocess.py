@@ -30,7 +30,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return np.zeros_like(mask, bool)
   sizes = np.bincount(labels.ravel(), minlength=count + 1)
   sizes[0] = 0  # the background
-  return ndimage.binary_fill_holes(labels == np.argmax(sizes))
+  return fill_holes(labels == np.argmax(sizes))
+
+
+def fill_holes(region: np.ndarray) -> np.ndarray:
+  """`ndimage.binary_fill_holes(region)`: every pixel but the 4-connected background regions
+  that touch the border. Labelled in one pass, where scipy propagates from the border by
+  repeated dilation: ~2x quicker, and a threshold search with post-processing fills holes 50
+  times per image."""
+  background, _ = ndimage.label(~region)
+  edges = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+  outside = np.unique(edges[edges > 0])
+  return ~np.isin(background, outside)
 
 
 def _identity(mask: np.ndarray) -> np.ndarray:
@@ -68,5 +79,5 @@ def counts_at_thresholds(probs: np.ndarray, masks: np.ndarray, postprocess: str 
                    for t in thresholds], axis=1)
 
 
-__all__ = ["POSTPROCESS", "binarize", "confusion_counts", "counts_at_thresholds",
+__all__ = ["POSTPROCESS", "binarize", "confusion_counts", "counts_at_thresholds", "fill_holes",
            "largest_component"]

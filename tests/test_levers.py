@@ -26,6 +26,18 @@ def test_largest_component_keeps_the_biggest_region_and_fills_its_holes():
   assert not postprocess.largest_component(np.zeros((5, 5), bool)).any()
 
 
+def test_fill_holes_equals_scipy_binary_fill_holes():
+  from scipy import ndimage
+
+  rng = np.random.default_rng(4)
+  blurred = ndimage.gaussian_filter(rng.random((6, 64, 48)), (0, 3, 3))  # blobs with holes
+  masks = [b >= t for b in blurred for t in np.quantile(b, (0.3, 0.5, 0.7))]
+  masks += [rng.random((9, 13)) > 0.5 for _ in range(20)]  # ragged, holes at the border
+  masks += [np.ones((5, 5), bool), np.zeros((5, 5), bool), np.eye(6, dtype=bool)]
+  for mask in masks:
+    np.testing.assert_array_equal(postprocess.fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
 def test_counts_without_postprocessing_equal_the_device_counts():
   rng = np.random.default_rng(0)
   probs = rng.uniform(size=(3, 16, 16)).astype(np.float32)
