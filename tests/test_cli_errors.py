@@ -33,8 +33,8 @@ CASES = [
     ("launch", LAUNCH + ["{missing}", "--config.training.max_stepz=5"],
      """--config.training.max_stepz: the config has no key 'max_stepz'. Did you mean """
      """"max_steps" instead of "max_stepz"?""", "process"),
-    ("launch", ["--config", "{missing}.py", "--workdir", "{missing}"], "no such file", "process"),
-    ("launch", LAUNCH + ["{file}"], "is a file, not a folder", "process"),
+    ("launch", ["--config", "{missing}.py", "--workdir", "{missing}"], "no such file", ""),
+    ("launch", LAUNCH + ["{file}"], "is a file, not a folder", ""),
     ("launch", LAUNCH + ["{missing}", "--config.training.max_steps=ten"],
      "invalid literal for int()", ""),
     ("launch", LAUNCH + ["{missing}", "--config.model.name=unet3"],
