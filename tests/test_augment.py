@@ -223,7 +223,7 @@ def test_tta_averages_the_probabilities_of_the_copies():
   model = Shifted()
   variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
   plain = lambda x: np.asarray(inference.probabilities(model.apply, variables, x))  # noqa
-  # The copies go through the model as one batch; each copy on its own is the reference.
+  # The copies go through one model in a lax.map; each copy on its own is the reference.
   for tta, width in (("flips", 6), ("dihedral", 6), ("dihedral", 8)):
     images = np.random.default_rng(7).integers(0, 256, (2, 6, width, 3), dtype=np.uint8)
     expected = np.mean([inference.untransform(plain(inference.transform(images, *c)), *c)
