@@ -30,6 +30,8 @@ if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
 def xla_flags(*flags: str) -> str:
   """XLA_FLAGS for a test's subprocess: `flags` and the suite's compile flag."""
   return " ".join((*flags, COMPILE_FLAGS))
+
+
 # Keras (the reference of tests/test_pretrained.py) initialises weights op by op: on its JAX
 # backend every weight shape compiles (~30 s for two MobileNetV2s), on TensorFlow's not (~10 s).
 if importlib.util.find_spec("tensorflow") is not None:
@@ -46,9 +48,9 @@ TRAINED_RUN_FIXTURES = {"tiny_run", "averaged_run", "averaged_run_levers"}
 
 
 # The files that take longest (pytest --durations, 2 workers on 2 cores), longest first. xdist
-# (`make test`: --dist loadfile) hands whole files (or groups of files) to the workers in collection
-# order, so these start first and the short files fill in at the end, instead of a long file
-# starting last. test_faults.py trains the tiny run and the averaged run first, and
+# (`make test`: --dist loadfile) hands whole files (or groups of files) to the workers in
+# collection order, so these start first and the short files fill in at the end, instead of a
+# long file starting last. test_faults.py trains the tiny run and the averaged run first, and
 # test_models.py compiles only its own programs meanwhile: the files after them find both
 # runs' steps compiled.
 LONGEST_FILES = ("test_faults.py", "test_models.py", "test_train.py", "test_trained.py",
