@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -168,18 +169,19 @@ def _jitted_init(model, tx):
 
 
 def _init_size(model, image_size) -> tuple[int, int]:
-  """The input size a model's variables are initialised at. A registry model's (it declares an
-  `input_divisor`) do not depend on it: they are initialised at the size `count_params` traces,
-  so that one compiled init serves the model at every image size. Others: `image_size`."""
-  divisor = getattr(model, "input_divisor", None)
-  return (2 * divisor, 2 * divisor) if divisor else pipeline.image_shape(image_size)
+  """The input size a model's variables are initialised at. A registry model's do not depend on
+  it: they are initialised at the size `count_params` traces, so that one compiled init serves
+  the model at every image size. Others: `image_size`."""
+  side = models_lib.variables_input_side(model)
+  return (side, side) if side else pipeline.image_shape(image_size)
 
 
 def create_train_state(model, tx, rng: jax.Array, image_size,
                        ema_decay: float | None = None) -> TrainState:
   model = _canonical(model)
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((1, *_init_size(model, image_size), 3), jnp.float32)
+  # NumPy zeros: a jnp.zeros would compile a program of its own in every process.
+  dummy = np.zeros((1, *_init_size(model, image_size), 3), np.float32)
   variables, opt_state, step = _jitted_init(model, tx)(
       {"params": init_rng, "dropout": dropout_rng}, dummy)
   # TrainState.create, with the optimiser state from the program above. The step is strongly

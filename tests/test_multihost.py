@@ -58,7 +58,8 @@ def _checkpoint_round_trip(directory: str, params) -> bool:
 def worker(num_processes: int, process_id: int, port: int, local_devices: int,
            out_dir: str) -> None:
   # Both settings must precede the first use of a JAX backend.
-  os.environ["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={local_devices}"
+  os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                             f"--xla_force_host_platform_device_count={local_devices}")
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   sys.path.insert(0, REPO)

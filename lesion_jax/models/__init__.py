@@ -27,6 +27,7 @@ from lesion_jax.models.registry import (
     from_config,
     deeplabv3plus_xception65,
     model_names,
+    variables_input_side,
     xla_compiler_options,
 )
 
@@ -60,5 +61,6 @@ __all__ = [
     "from_config",
     "load_trained",
     "model_names",
+    "variables_input_side",
     "xla_compiler_options",
 ]

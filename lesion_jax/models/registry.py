@@ -214,6 +214,14 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
   return factory(**kwargs)
 
 
+def variables_input_side(model: nn.Module) -> int | None:
+  """The side of the square input a registry model's variables are traced at: 2 x its
+  `input_divisor` (its variables do not depend on the input size). None for a module without
+  an `input_divisor`."""
+  divisor = getattr(model, "input_divisor", None)
+  return 2 * divisor if divisor else None
+
+
 @functools.lru_cache(maxsize=32)  # tracing a model to count it takes ~1 s; runs ask repeatedly
 def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
   """Number of scalars in the `params` collection, from shapes only (`jax.eval_shape`).
@@ -222,7 +230,7 @@ def count_params(model: nn.Module, input_shape: tuple[int, ...] | None = None) -
   not depend on the spatial size.
   """
   if input_shape is None:
-    side = 2 * getattr(model, "input_divisor", 16)
+    side = variables_input_side(model) or 32
     input_shape = (1, side, side, 3)
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   shapes = jax.eval_shape(lambda inputs: model.init(jax.random.key(0), inputs), x)
@@ -261,5 +269,5 @@ __all__ = [
     "MobileNetV2Encoder", "UNet", "Xception65Encoder",
     "check_input_size", "config_kwargs", "count_params", "create_model", "deeplab_mobilenetv2",
     "from_config",
-    "deeplabv3plus_xception65", "model_names", "xla_compiler_options",
+    "deeplabv3plus_xception65", "model_names", "variables_input_side", "xla_compiler_options",
 ]
